@@ -1,0 +1,30 @@
+"""ark-dist's one entry point.
+
+    python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
+    python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "shards":
+        from shards.cli import main as shards_main
+
+        return shards_main(rest)
+    if command == "bench" and rest[:1] == ["shards"]:
+        from shards.bench import main as bench_main
+
+        return bench_main(rest[1:])
+    print(f"error: unknown command {' '.join(argv[:2])!r}; see `python launch.py --help`", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
