@@ -1,0 +1,94 @@
+"""Shared fixtures: synthetic raw datasets, stores, and a real S3 endpoint (moto's HTTP server)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import uuid
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from shards.cli import main as shards_main
+from shards.samples import read_tar
+from shards.synth import synthesize_all
+
+SOURCES = ["chestxray14", "chexpert", "mimic_cxr", "vindr_cxr", "rsna_pneumonia", "shenzhen"]
+
+
+def run_shards(*argv: str) -> tuple[int, str, str]:
+    """`python -m shards ARGV` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = shards_main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Every source, 16 images each, at 1/8 of real size (read-only: copy before changing)."""
+    root = tmp_path_factory.mktemp("raw")
+    synthesize_all(root, num_images=16, seed=0, scale=0.125)
+    return root
+
+
+@pytest.fixture
+def raw_copy(synth_root, tmp_path):
+    """A writable copy of one source's raw folder."""
+
+    def copy(source: str) -> Path:
+        dest = tmp_path / "raw" / source
+        shutil.copytree(synth_root / source, dest)
+        return dest
+
+    return copy
+
+
+def read_store_samples(store_root: Path, dataset: str) -> dict[str, dict]:
+    """Every sample of a local store's dataset, by id: its JSON facts plus `_split` and `_image`."""
+    manifest = json.loads((store_root / "manifest.json").read_text())
+    samples = {}
+    for split, info in manifest["datasets"][dataset]["splits"].items():
+        for shard in info["shards"]:
+            for key, parts in read_tar((store_root / shard["url"]).read_bytes()):
+                facts = json.loads(parts["json"])
+                facts["_split"], facts["_image"] = split, parts.get("jpg") or parts.get("png")
+                samples[facts["id"]] = facts
+    return samples
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on loopback; the AWS variables point every client at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket; returns its name."""
+    import boto3
+
+    name = f"ark-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

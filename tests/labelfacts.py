@@ -1,0 +1,76 @@
+"""Independent readers of the native label files, written from the datasets' documentation and not
+from `shards.sources`, so that tests compare the shards against the files, not the code against
+itself. Each returns {id: {"labels": ..., "readers": ...}}."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+
+def _rows(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _value(cell: str):
+    return None if cell == "" else int(float(cell))
+
+
+def chestxray14(root: Path) -> dict:
+    with open(root / "Data_Entry_2017_v2020.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    classes = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+               "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+    name, findings = header.index("Image Index"), header.index("Finding Labels")
+    return {r[name][:-4]: {"labels": {c: int(c in r[findings].split("|")) for c in classes}} for r in rows}
+
+
+def chexpert(root: Path) -> dict:
+    facts = {}
+    for native in ("train", "valid"):
+        for row in _rows(root / f"{native}.csv"):
+            parts = row.pop("Path").split("/")
+            for meta in ("Sex", "Age", "Frontal/Lateral", "AP/PA"):
+                row.pop(meta)
+            facts[f"{parts[-3]}_{parts[-2]}_{parts[-1][:-4]}"] = {"labels": {c: _value(v) for c, v in row.items()}}
+    return facts
+
+
+def mimic_cxr(root: Path) -> dict:
+    labels = {}
+    for row in _rows(root / "mimic-cxr-2.0.0-chexpert.csv.gz"):
+        key = (row.pop("subject_id"), row.pop("study_id"))
+        labels[key] = {c: _value(v) for c, v in row.items()}
+    classes = next(iter(labels.values())).keys()
+    return {row["dicom_id"]: {"labels": labels.get((row["subject_id"], row["study_id"]), dict.fromkeys(classes))}
+            for row in _rows(root / "mimic-cxr-2.0.0-split.csv.gz")}
+
+
+def vindr_cxr(root: Path) -> dict:
+    facts = {}
+    for row in _rows(root / "annotations" / "image_labels_train.csv"):
+        image, rad = row.pop("image_id"), row.pop("rad_id")
+        facts.setdefault(image, {"labels": None, "readers": {}})["readers"][rad] = {c: int(v) for c, v in row.items()}
+    for row in _rows(root / "annotations" / "image_labels_test.csv"):
+        image = row.pop("image_id")
+        facts[image] = {"labels": {c: int(v) for c, v in row.items()}}
+    return facts
+
+
+def rsna_pneumonia(root: Path) -> dict:
+    classes = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]
+    facts = {row["patientId"]: {"labels": {c: int(c == row["class"]) for c in classes}, "boxes": 0}
+             for row in _rows(root / "stage_2_detailed_class_info.csv")}
+    for row in _rows(root / "stage_2_train_labels.csv"):
+        facts[row["patientId"]]["boxes"] += row["Target"] == "1"
+    return {k.replace(".", "_"): v for k, v in facts.items()}
+
+
+def shenzhen(root: Path) -> dict:
+    return {p.stem: {"labels": {"Tuberculosis": int(p.stem[-1])}} for p in (root / "CXR_png").glob("CHNCXR_*.png")}
+
+
+READERS = {f.__name__: f for f in (chestxray14, chexpert, mimic_cxr, vindr_cxr, rsna_pneumonia, shenzhen)}

@@ -1,0 +1,84 @@
+"""The native-layout quirks of DESIGN section 4, each checked on its own."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+from conftest import run_shards
+
+
+def _inspect(source, root):
+    code, out, err = run_shards("inspect", "--source", source, "--root", root, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_nih_bracketed_header_and_older_trailing_comma_file(raw_copy):
+    root = raw_copy("chestxray14")
+    header = (root / "Data_Entry_2017_v2020.csv").read_text().splitlines()[0]
+    assert len(header.split(",")) == 11 and "OriginalImage[Width,Height]" in header
+    old = (root / "Data_Entry_2017.csv").read_text().splitlines()
+    assert all(line.endswith(",") for line in old)
+    newer = _inspect("chestxray14", root)
+    (root / "Data_Entry_2017_v2020.csv").unlink()
+    assert _inspect("chestxray14", root) == newer
+
+
+def test_chexpert_prefixes_values_and_valid_file(synth_root):
+    root = synth_root / "chexpert"
+    train = (root / "train.csv").read_text()
+    valid = (root / "valid.csv").read_text()
+    assert "CheXpert-v1.0-small/train/" in train and "CheXpert-v1.0/valid/" in valid
+    assert ",-1.0," in train and ",," in train
+    report = _inspect("chexpert", root)
+    assert all(s["num_missing_images"] == 0 for s in report["splits"].values()), "both prefixes resolve"
+    test = report["splits"]["test"]["classes"]  # valid.csv: only 0/1
+    assert all(c["uncertain"] == 0 and c["missing"] == 0 for c in test.values())
+    train_counts = report["splits"]["train"]["classes"]
+    assert sum(c["uncertain"] for c in train_counts.values()) > 0
+    assert sum(c["missing"] for c in train_counts.values()) > 0
+
+
+def test_mimic_alphabetical_columns_blank_views_and_unlabelled_studies(synth_root):
+    root = synth_root / "mimic_cxr"
+    with gzip.open(root / "mimic-cxr-2.0.0-chexpert.csv.gz", "rt") as f:
+        header = next(csv.reader(f))
+    assert header[2:] == sorted(header[2:])
+    with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "rt") as f:
+        views = [row["ViewPosition"] for row in csv.DictReader(f)]
+    assert "" in views
+    code, _, err = run_shards("inspect", "--source", "mimic_cxr", "--root", root)
+    assert code == 0 and "without a row" in err
+
+
+def test_vindr_three_readers_and_consensus_test(synth_root):
+    root = synth_root / "vindr_cxr"
+    with open(root / "annotations" / "image_labels_train.csv") as f:
+        rows = list(csv.DictReader(f))
+    per_image = {}
+    for row in rows:
+        per_image.setdefault(row["image_id"], []).append(row["rad_id"])
+    assert all(len(set(r)) == 3 for r in per_image.values())
+    with open(root / "annotations" / "image_labels_test.csv") as f:
+        assert "rad_id" not in next(csv.reader(f))
+
+
+def test_rsna_box_rows_and_slash_class(synth_root):
+    root = synth_root / "rsna_pneumonia"
+    with open(root / "stage_2_train_labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) > len({r["patientId"] for r in rows}), "one row per box"
+    classes = (root / "stage_2_detailed_class_info.csv").read_text()
+    assert "No Lung Opacity / Not Normal" in classes
+    report = _inspect("rsna_pneumonia", root)
+    assert "No Lung Opacity / Not Normal" in report["splits"]["train"]["classes"]
+
+
+def test_shenzhen_label_from_file_name(raw_copy):
+    root = raw_copy("shenzhen")
+    (root / "CXR_png" / "Thumbs.db").write_bytes(b"x")
+    report = _inspect("shenzhen", root)
+    positives = sum(s["classes"]["Tuberculosis"]["positive"] for s in report["splits"].values())
+    assert positives == len(list((root / "CXR_png").glob("*_1.png")))
