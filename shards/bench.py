@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="launch.py bench shards", description=__doc__.splitlines()[0])
     p.add_argument("--num-images", type=int, default=24, help="originals per kind, and images in the build (24)")
     p.add_argument("--workers", default=f"1,{cores}", help=f"comma list of worker counts (1,{cores})")
+    p.add_argument("--build-images", type=int, help="images in the end-to-end build (default --num-images); "
+                   "use hundreds on many cores, or pool start-up dominates")
     p.add_argument("--max-side", type=int, default=512)
     p.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--quality", type=int, default=95)
@@ -227,7 +229,8 @@ def run_bench(args: argparse.Namespace) -> int:
               f"ready in {time.perf_counter() - started:.1f} s")
         kinds = {kind: bench_kind(paths, options=encode, workers=args.workers, repeats=args.repeats)
                  for kind, paths in originals.items()}
-        built = bench_build(Path(tmp), num_images=args.num_images, encode=encode, workers=args.workers)
+        built = bench_build(Path(tmp), num_images=args.build_images or args.num_images, encode=encode,
+                            workers=args.workers)
     report = {"cores": cores, "usable_cores": usable, "options": options, "target_ratio": TARGET_RATIO,
               "kinds": kinds, "build": built}
     print_report(report)

@@ -62,6 +62,11 @@ class PlannedShard:
     plan: str  # hash of everything that determines the shard's bytes
 
 
+def available_cores() -> int:
+    """Cores this process may run on (the container's or Slurm's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def error_budget(max_bad: str, total: int) -> int:
     """How many bad images `--max-bad` allows out of `total`."""
     text = str(max_bad).strip()
@@ -126,9 +131,13 @@ def _results(tasks, workers: int):
     if workers <= 1:
         yield from map(_convert_one, tasks)
         return
-    # spawn, not fork: the store's S3 client runs an event-loop thread that must not be forked.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_convert_one, tasks, chunksize=4)
+    # forkserver, not fork: the store's S3 client runs an event-loop thread that must not be forked;
+    # the server preloads the image libraries once, so starting 16+ workers costs a fork each.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["shards.build"])
+    chunk = max(1, min(8, len(tasks) // (workers * 8)))
+    with context.Pool(workers) as pool:
+        yield from pool.imap(_convert_one, tasks, chunksize=chunk)
 
 
 def _journal_url(shard: PlannedShard) -> str:
@@ -196,10 +205,10 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
     bad = sum(len(r["skipped"]) for r in results.values())
     todo = [s for s in planned if s.url not in results]
     log(f"{source.name}: {total} images in {len(planned)} shards ({len(results)} already built), "
-        f"{len(todo)} to build with {options.workers or os.cpu_count()} workers")
+        f"{len(todo)} to build with {options.workers or available_cores()} workers")
 
     tasks = [(str(root / r.image), options.encode) for s in todo for r in s.records]
-    stream = _results(tasks, options.workers or os.cpu_count())
+    stream = _results(tasks, options.workers or available_cores())
     bar = tqdm(total=len(tasks), unit="img", desc=source.name, disable=not options.progress, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 15)
     try:

@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShardsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `shards inspect ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; re-run the same command to resume", file=sys.stderr)
         return 130
