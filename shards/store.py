@@ -118,13 +118,13 @@ class Store:
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the objects directly under folder `rel`; empty if none."""
+        self.fs.invalidate_cache(self.path(rel))  # S3 listings are cached; another process may have written
         try:
             found = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:
             return []
         except Exception as exc:  # noqa: BLE001
             raise self._fail("list", rel, exc) from exc
-        self.fs.invalidate_cache()
         return sorted(posixpath.basename(p.rstrip("/")) for p in found)
 
     def remove_temporaries(self, rel: str) -> int:
