@@ -92,3 +92,14 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"ark-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def data_store(synth_root, tmp_path_factory) -> Path:
+    """A local store for the data-plane tests: three datasets with uneven shard sizes."""
+    out = tmp_path_factory.mktemp("datastore")
+    for source, per_shard in (("chexpert", 3), ("vindr_cxr", 4), ("rsna_pneumonia", 5)):
+        code, _, err = run_shards("build", "--source", source, "--root", synth_root / source, "--out", out,
+                                  "--quiet", "--workers", "1", "--samples-per-shard", per_shard, "--max-side", "96")
+        assert code == 0, err
+    return out

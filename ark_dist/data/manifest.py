@@ -1,0 +1,29 @@
+"""Reading the shard store's manifest (the contract written by `shards build`, DESIGN 2.1)."""
+
+from __future__ import annotations
+
+import json
+
+from ark_dist.data.remote import Store
+
+FORMAT = 1
+
+
+def read_manifest(store: Store) -> dict:
+    """The manifest's `datasets` mapping; errors name the store."""
+    raw = store.read_bytes("manifest.json")
+    doc = json.loads(raw)
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{store.describe('manifest.json')}: manifest format {doc.get('format')!r}, expected {FORMAT}")
+    return doc["datasets"]
+
+
+def dataset_entry(datasets: dict, name: str, *, splits: tuple[str, ...] = ("train",)) -> dict:
+    """One dataset's entry, checked to have the splits the run needs."""
+    if name not in datasets:
+        raise ValueError(f"dataset {name!r} is in the recipe but not in the manifest (has: {', '.join(sorted(datasets))})")
+    entry = datasets[name]
+    for split in splits:
+        if split not in entry["splits"] or not entry["splits"][split]["shards"]:
+            raise ValueError(f"dataset {name!r} has no {split!r} shards in the manifest")
+    return entry

@@ -1,0 +1,190 @@
+"""The loader pipeline as small named stages; each is a generator over the previous one's output.
+
+    shards (resampled | assigned) -> tar_samples -> shuffle -> number -> skip -> decode -> label -> views -> batched
+
+A sample is a dict that grows as it flows: `key`, `shard`, `position`, `parts` (raw bytes) after
+`tar_samples`; `image` (1, L, L) uint8, `size` (w, h) and `facts` after `decode`; `target`/`mask`
+after `label`; `theta_student`/`theta_teacher`/`photo` after `views`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ark_dist.data.labels import LabelPolicy
+from ark_dist.data.remote import Store
+from ark_dist.data.views import draw_views
+
+
+class DataError(RuntimeError):
+    """Too many bad samples, or a stream that cannot go on: names the dataset and shard."""
+
+
+class Counters:
+    """Per loader-process counts, shipped with every batch so the trainer can log them."""
+
+    def __init__(self, dataset: str, *, max_bad_fraction: float, min_bad: int):
+        self.dataset, self.max_bad_fraction, self.min_bad = dataset, max_bad_fraction, min_bad
+        self.samples = self.skipped = self.bytes = self.shards = 0
+
+    def bad(self, what: str) -> None:
+        self.skipped += 1
+        allowed = max(self.min_bad, int(self.max_bad_fraction * (self.samples + self.skipped)))
+        if self.skipped > allowed:
+            raise DataError(f"{self.dataset}: {self.skipped} bad samples exceed the budget ({allowed} of "
+                            f"{self.samples + self.skipped}, data.bad_sample_fraction/bad_sample_min); last: {what}")
+
+    def snapshot(self) -> dict:
+        return {"samples": self.samples, "skipped": self.skipped, "bytes": self.bytes, "shards": self.shards}
+
+
+def resampled(shards: list[dict], rng: np.random.Generator) -> Iterator[dict]:
+    """Shards drawn with replacement, weighted by sample count (so every sample is equally likely)."""
+    weights = np.array([max(s["num_samples"], 0) for s in shards], dtype=np.float64)
+    weights /= weights.sum()
+    while True:
+        yield shards[rng.choice(len(shards), p=weights)]
+
+
+def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Iterator[dict]:
+    """Stream each shard's members and group them into samples. A damaged tar ends that shard
+    (counted as one bad sample); a shard that cannot be read after retries raises."""
+    for shard in shards:
+        counters.shards += 1
+        handle = store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"])
+        with handle:
+            current, parts, position = None, {}, 0
+            try:
+                with tarfile.open(fileobj=handle, mode="r|") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        key, _, ext = member.name.rpartition(".")
+                        if key != current:
+                            if current is not None:
+                                yield {"key": current, "shard": shard["url"], "position": position, "parts": parts}
+                                position += 1
+                            current, parts = key, {}
+                        data = tar.extractfile(member).read()
+                        counters.bytes += len(data)
+                        parts[ext] = data
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
+                    raise  # a real I/O error (disk, network after retries), not a damaged archive
+                counters.bad(f"damaged shard {store.describe(shard['url'])}: {type(exc).__name__}: {exc}")
+                continue
+            if current is not None:
+                yield {"key": current, "shard": shard["url"], "position": position, "parts": parts}
+
+
+def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, initial: int = 100) -> Iterator[dict]:
+    """A buffer of up to `size` samples emitting a random one per step. It starts emitting once it
+    holds `initial` and keeps growing (two in, one out) until full, so the first batch of a round
+    does not wait for a whole buffer of shards to download."""
+    iterator = iter(samples)
+    buffer = []
+    for sample in iterator:
+        buffer.append(sample)
+        if len(buffer) < size:
+            extra = next(iterator, None)
+            if extra is not None:
+                buffer.append(extra)
+        if len(buffer) >= min(initial, size):
+            i = rng.integers(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def number(samples: Iterable[dict]) -> Iterator[dict]:
+    """Tag each sample with its position in the (shuffled) stream: the key of its random draws."""
+    for index, sample in enumerate(samples):
+        sample["index"] = index
+        yield sample
+
+
+def skip(samples: Iterable[dict], count: int) -> Iterator[dict]:
+    """Drop the first `count` samples without decoding them (resuming mid-round)."""
+    for index, sample in enumerate(samples):
+        if index >= count:
+            yield sample
+
+
+def decode_image(data: bytes, load_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Stored image bytes -> ((L, L) uint8 canvas, stored (w, h)). JPEGs decode at reduced scale
+    when the canvas is small enough (libjpeg's DCT scaling: the cheapest resize there is)."""
+    img = Image.open(io.BytesIO(data))
+    size = img.size
+    if img.format == "JPEG":
+        img.draft("L", (load_size, load_size))
+    if img.mode != "L":
+        img = img.convert("L")
+    if img.size != (load_size, load_size):
+        img = img.resize((load_size, load_size), Image.Resampling.BILINEAR)
+    return np.asarray(img), size
+
+
+def decode(samples: Iterable[dict], load_size: int, counters: Counters) -> Iterator[dict]:
+    """Image bytes -> uint8 canvas; JSON -> facts. Undecodable samples are skipped and counted."""
+    for sample in samples:
+        parts = sample.pop("parts")
+        image = parts.get("jpg", parts.get("png"))
+        try:
+            if image is None or "json" not in parts:
+                raise ValueError(f"members {sorted(parts)}: no image or no json")
+            pixels, size = decode_image(image, load_size)
+            facts = json.loads(parts["json"])
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            counters.bad(f"{sample['key']} in {sample['shard']}: {type(exc).__name__}: {exc}")
+            continue
+        counters.samples += 1
+        sample.update(image=torch.from_numpy(pixels.copy()).unsqueeze(0), size=size, facts=facts)
+        yield sample
+
+
+def label(samples: Iterable[dict], policy: LabelPolicy) -> Iterator[dict]:
+    for sample in samples:
+        target, mask = policy(sample["facts"])
+        sample.update(target=torch.from_numpy(target), mask=torch.from_numpy(mask))
+        yield sample
+
+
+def views(samples: Iterable[dict], cfg, seed: list[int]) -> Iterator[dict]:
+    """Draw each sample's warps from a generator keyed by (stream seed, position in the stream),
+    so a resumed stream draws exactly what the uninterrupted one would have."""
+    for sample in samples:
+        rng = np.random.default_rng([*seed, sample["index"]])
+        drawn = draw_views(rng, *sample["size"], cfg)
+        sample.update({k: torch.from_numpy(v) for k, v in drawn.items()})
+        yield sample
+
+
+def batched(samples: Iterable[dict], size: int, counters: Counters, *, partial: bool) -> Iterator[dict]:
+    """Stack samples into a batch dict; `partial` keeps a short last batch (evaluation)."""
+    chunk = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield collate(chunk, counters)
+            chunk = []
+    if chunk and partial:
+        yield collate(chunk, counters)
+
+
+TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo")
+
+
+def collate(chunk: list[dict], counters: Counters) -> dict:
+    batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}
+    batch["ids"] = [s["facts"]["id"] for s in chunk]
+    batch["valid"] = torch.ones(len(chunk), dtype=torch.bool)
+    batch["stats"] = counters.snapshot()
+    return batch

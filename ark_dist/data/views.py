@@ -1,0 +1,120 @@
+"""Ark's views as one affine warp per sample (DESIGN 3 and 6).
+
+RandomResizedCrop followed by ShiftScaleRotate composes into a single 2x3 matrix in normalised
+coordinates; the loader draws it (numpy, per sample, reproducibly) and the training device applies
+it to the whole batch with `affine_grid` + `grid_sample`, plus the student's brightness/contrast or
+gamma. The loader thus only decodes, and the geometry is exact whatever the stored aspect ratio:
+normalised coordinates are per axis, so squashing the stored image onto a square canvas changes
+nothing but the sampling density.
+
+Convention: a matrix maps output coordinates (x, y in [-1, 1]) to input coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ark_dist.data.config import ViewConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PHOTO_NONE, PHOTO_BRIGHTNESS_CONTRAST, PHOTO_GAMMA = 0.0, 1.0, 2.0
+
+
+def _crop(rng: np.random.Generator, width: int, height: int, cfg: ViewConfig) -> np.ndarray:
+    """RandomResizedCrop (torchvision's sampler) on a width x height image -> 3x3 matrix."""
+    area = width * height
+    log_ratio = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*cfg.crop_scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            x0, y0 = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+            break
+    else:  # fallback: the largest centre crop within the ratio range
+        ratio = width / height
+        if ratio < cfg.crop_ratio[0]:
+            w, h = width, round(width / cfg.crop_ratio[0])
+        elif ratio > cfg.crop_ratio[1]:
+            w, h = round(height * cfg.crop_ratio[1]), height
+        else:
+            w, h = width, height
+        x0, y0 = (width - w) // 2, (height - h) // 2
+    cx, cy = (x0 + w / 2) / width * 2 - 1, (y0 + h / 2) / height * 2 - 1
+    return np.array([[w / width, 0, cx], [0, h / height, cy], [0, 0, 1]])
+
+
+def _shift_scale_rotate(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
+    """Inverse of ShiftScaleRotate on a square output -> 3x3 matrix (identity when not applied)."""
+    if rng.uniform() >= cfg.shift_scale_rotate_p:
+        return np.eye(3)
+    angle = math.radians(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
+    scale = rng.uniform(1 - cfg.scale, 1 + cfg.scale)
+    shift = rng.uniform(-cfg.shift, cfg.shift, size=2) * 2  # a fraction of the side, in [-1, 1] units
+    cos, sin = math.cos(angle), math.sin(angle)
+    inv = np.array([[cos, sin], [-sin, cos]]) / scale  # (s R)^-1
+    out = np.eye(3)
+    out[:2, :2], out[:2, 2] = inv, -inv @ shift
+    return out
+
+
+def _photometric(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
+    if rng.uniform() >= cfg.photometric_p:
+        return np.array([PHOTO_NONE, 1.0, 0.0], dtype=np.float32)
+    if rng.uniform() < 0.5:
+        alpha = 1 + rng.uniform(-cfg.contrast, cfg.contrast)
+        beta = rng.uniform(-cfg.brightness, cfg.brightness)
+        return np.array([PHOTO_BRIGHTNESS_CONTRAST, alpha, beta], dtype=np.float32)
+    return np.array([PHOTO_GAMMA, rng.uniform(*cfg.gamma), 0.0], dtype=np.float32)
+
+
+def draw_views(rng: np.random.Generator, width: int, height: int, cfg: ViewConfig) -> dict:
+    """The student's and teacher's warps and the student's photometric change for one sample of
+    stored size width x height: {"theta_student": (2, 3), "theta_teacher": (2, 3), "photo": (3,)}."""
+    student = (_crop(rng, width, height, cfg) @ _shift_scale_rotate(rng, cfg))[:2].astype(np.float32)
+    teacher = student if cfg.teacher == "same_geometry" else np.eye(3, dtype=np.float32)[:2]
+    return {"theta_student": student, "theta_teacher": teacher.copy(), "photo": _photometric(rng, cfg)}
+
+
+def eval_thetas(cfg: ViewConfig) -> torch.Tensor:
+    """Evaluation warps: the centre crop, or ten crops (4 corners + centre, and their mirrors).
+    Shape (1 or 10, 2, 3)."""
+    c = cfg.eval_crop
+    centres = [(0.0, 0.0)]
+    if cfg.ten_crop:
+        centres += [(sx * (1 - c), sy * (1 - c)) for sx in (-1, 1) for sy in (-1, 1)]
+    thetas = [[[flip * c, 0, x], [0, c, y]] for flip in ((1, -1) if cfg.ten_crop else (1,)) for x, y in centres]
+    return torch.tensor(thetas, dtype=torch.float32)
+
+
+def render(images: torch.Tensor, theta: torch.Tensor, size: int, photo: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp a batch and normalise it for an ImageNet backbone.
+
+    images: (B, 1, L, L) uint8 canvas; theta: (B, 2, 3); photo: (B, 3) or None.
+    Returns (B, 3, size, size) float32, grayscale repeated over ImageNet-normalised channels."""
+    x = images.float().div_(255.0)
+    grid = F.affine_grid(theta.float(), [x.shape[0], 1, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)  # (B, 1, S, S)
+    if photo is not None:
+        kind, a, b = (photo[:, i].view(-1, 1, 1, 1) for i in range(3))
+        contrast = out * a + b
+        gamma = out.clamp(min=1e-6).pow(a)
+        out = torch.where(kind == PHOTO_BRIGHTNESS_CONTRAST, contrast, torch.where(kind == PHOTO_GAMMA, gamma, out))
+    out = out.clamp_(0.0, 1.0)
+    mean = out.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = out.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (out - mean) / std  # (B, 3, S, S) by broadcasting the single channel
+
+
+def render_eval(images: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
+    """(B, 1, L, L) uint8 -> (B, V, 3, S, S): V = 1 (centre crop) or 10 (ten-crop)."""
+    thetas = eval_thetas(cfg).to(images.device)  # (V, 2, 3)
+    batch, views = images.shape[0], thetas.shape[0]
+    repeated = images.repeat_interleave(views, dim=0)
+    out = render(repeated, thetas.repeat(batch, 1, 1), cfg.image_size)
+    return out.view(batch, views, 3, cfg.image_size, cfg.image_size)

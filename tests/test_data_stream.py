@@ -1,0 +1,132 @@
+"""The data plane: equal batches per rank, exact evaluation, resume, policies, bad samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ark_dist.data import (Cursor, DataConfig, DataError, EvalLoader, Store, StoreConfig, dataset_entry,
+                           read_manifest, round_steps, train_loader)
+from ark_dist.data.config import ViewConfig
+from shards.samples import write_tar
+
+
+def _config(url, **kw) -> DataConfig:
+    kw.setdefault("num_workers", 2)
+    return DataConfig(store=StoreConfig(url=str(url)), views=ViewConfig(image_size=32, load_size=40),
+                      shuffle_buffer=8, **kw)
+
+
+def _entry(config, name):
+    return dataset_entry(read_manifest(Store(config.store)), name, splits=("train", "val", "test"))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_yields_the_same_number_of_full_batches(data_store, world):
+    config = _config(data_store)
+    entry = _entry(config, "chexpert")
+    sizes = [s["num_samples"] for s in entry["splits"]["train"]["shards"]]
+    assert len(set(sizes)) > 1, "the store must have uneven shards for this test"
+    global_batch = 2 * world
+    steps = round_steps(entry, global_batch=global_batch, max_steps=None)
+    assert steps == entry["splits"]["train"]["num_samples"] // global_batch
+    for rank in range(world):
+        batches = list(train_loader(entry=entry, config=config, seed=1, cursor=Cursor(), rank=rank, world=world,
+                                    global_batch=global_batch))
+        assert len(batches) == steps
+        assert all(b["image"].shape == (2, 1, 40, 40) and bool(b["valid"].all()) for b in batches)
+
+
+def test_max_steps_per_round_caps_a_round(data_store):
+    config = _config(data_store, max_steps_per_round=2)
+    entry = _entry(config, "rsna_pneumonia")
+    assert len(list(train_loader(entry=entry, config=config, seed=0, cursor=Cursor(), rank=0, world=1,
+                                 global_batch=2))) == 2
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_sees_every_sample_exactly_once(data_store, world, workers):
+    config = _config(data_store, num_workers=workers)
+    for name in ("chexpert", "vindr_cxr"):
+        entry = _entry(config, name)
+        for split in ("train", "test"):
+            seen, lengths = [], set()
+            for rank in range(world):
+                loader = EvalLoader(entry=entry, config=config, split=split, seed=0, rank=rank, world=world,
+                                    batch_size=2)
+                batches = list(loader)
+                lengths.add(len(batches))
+                for b in batches:
+                    seen += [i for i, ok in zip(b["ids"], b["valid"].tolist()) if ok]
+            assert len(lengths) == 1, "every rank yields the same number of batches"
+            expected = entry["splits"][split]["num_samples"]
+            assert len(seen) == len(set(seen)) == expected, (name, split)
+
+
+def _batches(loader):
+    return [{k: b[k] for k in ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "ids")}
+            for b in loader]
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+@pytest.mark.parametrize("start", [1, 3, 4])
+def test_resume_yields_the_same_next_batches(data_store, start):
+    config = _config(data_store, num_workers=2)
+    entry = _entry(config, "chexpert")
+    args = dict(entry=entry, config=config, seed=5, rank=1, world=2, global_batch=2)
+    full = _batches(train_loader(cursor=Cursor(epoch=3, round=1, step=0), **args))
+    resumed = _batches(train_loader(cursor=Cursor(epoch=3, round=1, step=start), **args))
+    assert len(resumed) == len(full) - start
+    assert all(_same(a, b) for a, b in zip(full[start:], resumed))
+    other = _batches(train_loader(cursor=Cursor(epoch=4, round=1, step=0), **args))
+    assert not all(_same(a, b) for a, b in zip(full, other)), "another epoch draws other batches"
+
+
+def test_corrupt_samples_are_skipped_counted_and_budgeted(data_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(data_store, store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    entry = manifest["datasets"]["rsna_pneumonia"]
+    shard = entry["splits"]["test"]["shards"][0]
+    from shards.samples import read_tar
+
+    samples = [(k, "jpg", p["jpg"], p["json"]) for k, p in read_tar((store / shard["url"]).read_bytes())]
+    samples[0] = (samples[0][0], "jpg", b"\xff\xd8\xff broken", samples[0][3])
+    data = write_tar(samples)
+    (store / shard["url"]).write_bytes(data)
+    import hashlib
+
+    shard.update(num_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    config = _config(store, num_workers=0)
+    loader = EvalLoader(entry=entry, config=config, split="test", seed=0, rank=0, world=1, batch_size=100)
+    batches = list(loader)
+    assert sum(int(b["valid"].sum()) for b in batches) == shard["num_samples"] - 1
+    assert batches[0]["stats"]["skipped"] == 1
+    strict = _config(store, num_workers=0, bad_sample_min=0, bad_sample_fraction=0.0)
+    with pytest.raises(DataError, match=r"rsna_pneumonia: 1 bad samples exceed the budget.*broken|rsna_pneumonia: 1 bad"):
+        list(EvalLoader(entry=entry, config=strict, split="test", seed=0, rank=0, world=1, batch_size=100))
+
+
+def test_missing_dataset_is_a_clear_error(data_store):
+    config = _config(data_store)
+    with pytest.raises(ValueError, match="'mimic_cxr' is in the recipe but not in the manifest"):
+        dataset_entry(read_manifest(Store(config.store)), "mimic_cxr")
+
+
+def test_shards_read_with_the_webdataset_library(data_store):
+    import webdataset as wds
+
+    config = _config(data_store)
+    entry = _entry(config, "vindr_cxr")
+    urls = [str(data_store / s["url"]) for s in entry["splits"]["test"]["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, nodesplitter=None))
+    assert len(samples) == entry["splits"]["test"]["num_samples"]
+    assert all(s["__key__"].startswith("vindr_cxr/") and {"jpg", "json"} <= set(s) for s in samples)
