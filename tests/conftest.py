@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import socket
 import uuid
@@ -15,6 +16,8 @@ import pytest
 from shards.cli import main as shards_main
 from shards.samples import read_tar
 from shards.synth import synthesize_all
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
 
 SOURCES = ["chestxray14", "chexpert", "mimic_cxr", "vindr_cxr", "rsna_pneumonia", "shenzhen"]
 

@@ -147,34 +147,38 @@ class ShardCache:
         with open(self.folder / f"{sha256}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not path.exists():  # nobody filled it while we waited
-                self._evict(room_for=size)
+                self._evict(room_for=size, keep=path)
                 tmp = self.folder / f"{sha256}.tmp-{uuid.uuid4().hex[:8]}"
                 try:
                     fill(tmp)
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
+                self._evict(room_for=0, keep=path)  # others may have filled meanwhile
         return open(path, "rb")
 
-    def _evict(self, *, room_for: int) -> None:
-        shards = []
-        for entry in os.scandir(self.folder):
-            if entry.name.endswith(".tar"):
+    def _evict(self, *, room_for: int, keep: Path) -> None:
+        """Delete least recently used shards until `room_for` more bytes fit; one process at a time."""
+        with open(self.folder / ".evict.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            shards = []
+            for entry in os.scandir(self.folder):
+                if entry.name.endswith(".tar") and entry.path != str(keep):
+                    try:
+                        stat = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    shards.append((stat.st_mtime, stat.st_size, entry.path))
+            total = sum(s for _, s, _ in shards) + (keep.stat().st_size if keep.exists() else 0)
+            for _, size, victim in sorted(shards):
+                if total + room_for <= self.max_bytes:
+                    break
                 try:
-                    stat = entry.stat()
-                except FileNotFoundError:
-                    continue
-                shards.append((stat.st_mtime, stat.st_size, entry.path))
-        total = sum(s for _, s, _ in shards)
-        for _, size, victim in sorted(shards):
-            if total + room_for <= self.max_bytes:
-                break
-            try:
-                os.unlink(victim)
-                total -= size
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
+                    os.unlink(victim)
+                    total -= size
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
 
     def usage(self) -> int:
         return sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith(".tar"))

@@ -1,0 +1,122 @@
+"""Streaming from a real S3 endpoint (moto's HTTP server): outages, the node cache."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from ark_dist.data import DataConfig, EvalLoader, ShardReadError, Store, StoreConfig, read_manifest
+from ark_dist.data.config import ViewConfig
+from conftest import _free_port, run_shards
+
+
+class Endpoint:
+    """A moto server that can be stopped and started again on the same port (moto keeps the data)."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+        self.start()
+
+    def start(self):
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def endpoint(s3_endpoint, synth_root):
+    """Its own server (so stopping it leaves the session's alone) with rsna_pneumonia built in."""
+    ep = Endpoint()
+    bucket = f"ark-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=ep.url).create_bucket(Bucket=bucket)
+    code, _, err = run_shards("build", "--source", "rsna_pneumonia", "--root", synth_root / "rsna_pneumonia",
+                              "--out", f"s3://{bucket}/store", "--endpoint-url", ep.url, "--quiet", "--workers", "1",
+                              "--samples-per-shard", "2", "--max-side", "64")
+    assert code == 0, err
+    ep.store_url = f"s3://{bucket}/store"
+    yield ep
+    ep.stop()
+
+
+def _config(ep, **store) -> DataConfig:
+    store_cfg = StoreConfig(url=ep.store_url, endpoint_url=ep.url, **store)
+    return DataConfig(store=store_cfg, num_workers=0, views=ViewConfig(image_size=32, load_size=32))
+
+
+def _ids(config, split="train") -> list[str]:
+    entry = read_manifest(Store(config.store))["rsna_pneumonia"]
+    loader = EvalLoader(entry=entry, config=config, split=split, seed=0, rank=0, world=1, batch_size=1)
+    return [i for b in loader for i in b["ids"]]
+
+
+def test_an_outage_of_a_few_seconds_is_survived(endpoint):
+    config = _config(endpoint, retries=8, backoff_s=0.2)
+    expected = _ids(config)
+    entry = read_manifest(Store(config.store))["rsna_pneumonia"]
+    loader = EvalLoader(entry=entry, config=config, split="train", seed=0, rank=0, world=1, batch_size=1)
+    seen = []
+    for batch in loader:
+        seen += batch["ids"]
+        if len(seen) == 1:  # mid-stream: the endpoint goes away for 2 s
+            endpoint.stop()
+            threading.Timer(2.0, endpoint.start).start()
+    assert seen == expected
+
+
+def test_an_endpoint_that_stays_down_fails_naming_shard_and_endpoint(endpoint):
+    config = _config(endpoint, retries=2, backoff_s=0.1)
+    entry = read_manifest(Store(config.store))["rsna_pneumonia"]
+    endpoint.stop()
+    started = time.monotonic()
+    with pytest.raises(ShardReadError) as info:
+        _ = [b for b in EvalLoader(entry=entry, config=config, split="train", seed=0, rank=0, world=1, batch_size=1)]
+    message = str(info.value)
+    assert f"{endpoint.store_url}/rsna_pneumonia/train-000000.tar (endpoint {endpoint.url})" in message
+    assert "after 2 attempts" in message
+    assert time.monotonic() - started < 90
+    endpoint.start()
+
+
+def test_cache_fills_once_then_serves_without_the_store(endpoint, tmp_path):
+    cache = tmp_path / "cache"
+    config = _config(endpoint, cache_dir=str(cache))
+    entry = read_manifest(Store(config.store))["rsna_pneumonia"]
+    first = _ids(config)
+    shards = entry["splits"]["train"]["shards"]
+    cached = sorted(p.name for p in cache.glob("*.tar"))
+    assert cached == sorted(f"{s['sha256']}.tar" for s in shards)
+    for shard in shards:  # content-addressed and verified
+        assert hashlib.sha256((cache / f"{shard['sha256']}.tar").read_bytes()).hexdigest() == shard["sha256"]
+    endpoint.stop()  # a warm cache needs no store at all
+    try:
+        loader = EvalLoader(entry=entry, config=config, split="train", seed=0, rank=0, world=1, batch_size=1)
+        assert [i for b in loader for i in b["ids"]] == first
+    finally:
+        endpoint.start()
+    assert not list(cache.glob("*.tmp-*"))
+
+
+def test_cache_stays_within_its_bound_with_several_loader_processes(endpoint, tmp_path):
+    store = Store(StoreConfig(url=endpoint.store_url, endpoint_url=endpoint.url))
+    entry = read_manifest(store)["rsna_pneumonia"]
+    shards = entry["splits"]["train"]["shards"]
+    bound = sum(sorted(s["num_bytes"] for s in shards)[-2:])  # room for the two largest
+    cache = tmp_path / "cache"
+    config = DataConfig(store=StoreConfig(url=endpoint.store_url, endpoint_url=endpoint.url, cache_dir=str(cache),
+                                          cache_gb=bound / 2**30),
+                        num_workers=2, views=ViewConfig(image_size=32, load_size=32))
+    loader = EvalLoader(entry=entry, config=config, split="train", seed=0, rank=0, world=1, batch_size=1)
+    ids = [i for b in loader for i in b["ids"] if i]
+    assert len(ids) == entry["splits"]["train"]["num_samples"]
+    assert sum(p.stat().st_size for p in cache.glob("*.tar")) <= bound
+    assert len(list(cache.glob("*.tar"))) < len(shards)
