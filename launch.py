@@ -2,6 +2,7 @@
 
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
+    python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ def main(argv: list[str]) -> int:
         from shards.bench import main as bench_main
 
         return bench_main(rest[1:])
+    if command == "bench" and rest[:1] == ["data"]:
+        from ark_dist.data.bench import main as bench_data
+
+        return bench_data(rest[1:])
     print(f"error: unknown command {' '.join(argv[:2])!r}; see `python launch.py --help`", file=sys.stderr)
     return 2
 

@@ -32,7 +32,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             try:
                 return _convert(value, arg, key)
             except ValueError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
         raise errors[0] if len(errors) == 1 else _fail(key, f"{value!r} matches none of {hint}")
     if origin is Literal:
         if value not in args:
@@ -89,6 +89,13 @@ def from_dict(cls, data: Any, key: str = ""):
             raise _fail(f"{key}.{name}" if key else str(name),
                         f"unknown key (known here: {', '.join(sorted(fields))})")
     values = {name: _convert(v, hints[name], f"{key}.{name}" if key else name) for name, v in data.items()}
+    for name, value in values.items():
+        # A mapping section (e.g. per-dataset policies) adds to its defaults instead of replacing them.
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            default = factory()
+            if isinstance(default, dict):
+                values[name] = {**default, **value}
     obj = cls(**values)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -119,7 +126,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty YAML section
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)

@@ -1,0 +1,192 @@
+"""`python launch.py bench data`: what the data plane delivers, side by side in one run.
+
+  decode        pure decode of the stored images (one core): the ceiling of this design
+  pipeline      the loader (decode + policy + view draws + batch) in one process, then N processes
+  + views       the same with both views rendered on this machine's CPU (on a GPU they are ~free)
+  reference     the reference code's style: a torch Dataset opening full-size original PNGs with
+                PIL and augmenting both views with torchvision transforms, same processes
+  s3 / cache    (with --s3) the pipeline streaming from a local S3 server, and from a cold and a
+                warm node cache, against the local folder
+
+Without --store it builds a synthetic ChestX-ray14 (1024 px 8-bit PNG originals) and uses those
+originals for the reference too. Figures are medians over --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, read_manifest, render, train_loader
+from ark_dist.data.config import ViewConfig
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog="launch.py bench data", description=__doc__.splitlines()[0])
+    p.add_argument("--store", help="a shard store (default: build a synthetic one)")
+    p.add_argument("--dataset", default="chestxray14")
+    p.add_argument("--images", type=int, default=96, help="synthetic originals to build (default 96)")
+    p.add_argument("--workers", default=f"1,{os.cpu_count()}", help="loader process counts (default 1,<cores>)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=12, help="batches timed per measurement")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--s3", action="store_true", help="also stream through a local S3 server (moto) and a cache")
+    p.add_argument("--json", help="write the figures here too")
+    args = p.parse_args(argv)
+    args.workers = sorted({int(w) for w in args.workers.split(",")})
+    return args
+
+
+def _median_rate(func, count: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return count / statistics.median(times)
+
+
+def _synthetic_store(folder: Path, images: int) -> tuple[str, Path]:
+    from shards.build import BuildOptions, build
+    from shards.sources import get_source
+    from shards.store import Store as ShardStore
+
+    source = get_source("chestxray14")
+    raw = folder / "raw"
+    source.synthesize(raw, num_images=images, seed=0, scale=1.0)
+    build(source, raw, ShardStore(str(folder / "store")), BuildOptions(workers=os.cpu_count() or 1, progress=False,
+                                                                      max_bad="0", samples_per_shard=16),
+          log=lambda *_: None)
+    return str(folder / "store"), raw
+
+
+def _stored_images(config: DataConfig, entry: dict) -> list[bytes]:
+    from shards.samples import read_tar
+
+    store = Store(config.store)
+    images = []
+    for shard in entry["splits"]["train"]["shards"]:
+        with store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"]) as f:
+            images += [p.get("jpg", p.get("png")) for _, p in read_tar(f.read())]
+    return images
+
+
+def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> float:
+    config = replace(config, num_workers=workers)
+    size = args.image_size
+
+    def run():
+        loader = train_loader(entry=entry, config=config, seed=0, cursor=Cursor(), rank=0, world=1,
+                              global_batch=args.batch)
+        for batch in loader:
+            if with_views:
+                render(batch["image"], batch["theta_student"], size, batch["photo"])
+                render(batch["image"], batch["theta_teacher"], size)
+
+    return _median_rate(run, args.batches * args.batch, args.repeats)
+
+
+class ReferenceDataset(torch.utils.data.Dataset):
+    """The reference code's loader: full-size PNG -> RGB PIL -> torchvision transforms, two views."""
+
+    def __init__(self, paths: list[Path], size: int):
+        from torchvision import transforms as T
+
+        normalize = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        self.paths = paths
+        self.augment = T.Compose([T.RandomResizedCrop(size), T.RandomAffine(10, translate=(0.0625, 0.0625),
+                                                                           scale=(0.9, 1.1)),
+                                  T.RandomApply([T.ColorJitter(0.2, 0.2)], p=0.3), T.ToTensor(), normalize])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = Image.open(self.paths[i]).convert("RGB")
+        return self.augment(image), self.augment(image), torch.zeros(14)
+
+
+def _reference_rate(paths: list[Path], args, workers: int) -> float:
+    count = args.batches * args.batch
+    paths = (paths * (count // len(paths) + 1))[:count]
+    dataset = ReferenceDataset(paths, args.image_size)
+
+    def run():
+        for _ in torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=workers, shuffle=True):
+            pass
+
+    return _median_rate(run, count, args.repeats)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    torch.set_num_threads(1)  # one core per process, as in a loader worker
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        folder = Path(tmp)
+        url, raw = (args.store, None) if args.store else _synthetic_store(folder, args.images)
+        config = DataConfig(store=StoreConfig(url=url), views=ViewConfig(image_size=args.image_size),
+                            shuffle_buffer=256)
+        entry = read_manifest(Store(config.store))[args.dataset]
+        images = _stored_images(config, entry)
+        report = {"dataset": args.dataset, "store": url, "batch": args.batch, "cores": os.cpu_count(),
+                  "stored_image": entry["image"]}
+        report["decode_img_per_s"] = _median_rate(lambda: [Image.open(io.BytesIO(b)).load() for b in images],
+                                                  len(images), args.repeats)
+        originals = sorted(raw.rglob("*.png")) if raw else _originals(folder, args.images)
+        report["original_decode_img_per_s"] = _median_rate(
+            lambda: [Image.open(p).load() for p in originals], len(originals), args.repeats)
+        report["workers"] = {}
+        for w in args.workers:
+            row = {"pipeline": _loader_rate(config, entry, args, w, with_views=False),
+                   "pipeline_with_cpu_views": _loader_rate(config, entry, args, w, with_views=True),
+                   "reference": _reference_rate(originals, args, w)}
+            row["per_core_vs_reference"] = row["pipeline"] / row["reference"]
+            report["workers"][w] = row
+        report["pipeline_share_of_decode"] = report["workers"][min(args.workers)]["pipeline"] / (
+            report["decode_img_per_s"] * max(1, min(args.workers)))
+        if args.s3:
+            from ark_dist.data.bench_s3 import s3_rates
+
+            report["s3"] = s3_rates(config, entry, folder, workers=max(args.workers), rate=lambda c: _loader_rate(
+                c, entry, args, max(args.workers), with_views=False))
+    _print(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _originals(folder: Path, count: int) -> list[Path]:
+    from shards.sources import get_source
+
+    get_source("chestxray14").synthesize(folder / "originals", num_images=count, seed=1, scale=1.0)
+    return sorted((folder / "originals").rglob("*.png"))
+
+
+def _print(r: dict) -> None:
+    image = r["stored_image"]
+    print(f"bench data: {r['dataset']} from {r['store']} ({image['format']} {image['max_side']} px), batch {r['batch']}, "
+          f"{r['cores']} cores")
+    print(f"  stored image decode (1 core)     {r['decode_img_per_s']:9.1f} img/s")
+    print(f"  original PNG decode (1 core)     {r['original_decode_img_per_s']:9.1f} img/s")
+    print(f"\n  {'workers':>7s} {'pipeline':>10s} {'+cpu views':>11s} {'reference':>10s} {'vs ref':>8s}   (img/s)")
+    for w, row in r["workers"].items():
+        print(f"  {w:7d} {row['pipeline']:10.1f} {row['pipeline_with_cpu_views']:11.1f} {row['reference']:10.1f} "
+              f"{row['per_core_vs_reference']:7.1f}x")
+    print(f"\n  pipeline per worker / pure stored decode: {100 * r['pipeline_share_of_decode']:.0f}%  (target >= 70%)")
+    if "s3" in r:
+        s3 = r["s3"]
+        print(f"  {s3['workers']} workers: local {s3['local']:.1f}, s3 {s3['s3']:.1f} ({100 * s3['s3'] / s3['local']:.0f}%,"
+              f" target >= 90%), cold cache {s3['cache_cold']:.1f}, warm cache {s3['cache_warm']:.1f} "
+              f"({100 * s3['cache_warm'] / s3['local']:.0f}% of local, target >= 100%) img/s")
