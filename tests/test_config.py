@@ -285,5 +285,5 @@ def test_an_empty_yaml_section_accepts_overrides(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("views:\nnum_workers: 3\n")
-    cfg = load_config(DataConfig, path, ["views.image_size=768"])
+    cfg = load_config(DataConfig, path, ["views.image_size=768", "views.load_size=896"])
     assert cfg.views.image_size == 768 and cfg.num_workers == 3
