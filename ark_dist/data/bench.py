@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, read_manifest, render, train_loader
+from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, read_manifest, render
+from ark_dist.data.stream import TrainStream, make_loader
 from ark_dist.data.config import ViewConfig
 
 
@@ -37,9 +38,11 @@ def _args(argv):
     p.add_argument("--store", help="a shard store (default: build a synthetic one)")
     p.add_argument("--dataset", default="chestxray14")
     p.add_argument("--images", type=int, default=96, help="synthetic originals to build (default 96)")
-    p.add_argument("--workers", default=f"1,{os.cpu_count()}", help="loader process counts (default 1,<cores>)")
+    p.add_argument("--workers", default=f"0,1,{os.cpu_count()}",
+                   help="loader process counts; 0 = in the main process, the cost of one worker without IPC "
+                        "(default 0,1,<cores>)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=12, help="batches timed per measurement")
+    p.add_argument("--batches", type=int, default=40, help="batches timed per measurement")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--s3", action="store_true", help="also stream through a local S3 server (moto) and a cache")
@@ -66,9 +69,8 @@ def _synthetic_store(folder: Path, images: int) -> tuple[str, Path]:
     source = get_source("chestxray14")
     raw = folder / "raw"
     source.synthesize(raw, num_images=images, seed=0, scale=1.0)
-    build(source, raw, ShardStore(str(folder / "store")), BuildOptions(workers=os.cpu_count() or 1, progress=False,
-                                                                      max_bad="0", samples_per_shard=16),
-          log=lambda *_: None)
+    options = BuildOptions(workers=os.cpu_count() or 1, progress=False, max_bad="0")  # real shard sizing
+    build(source, raw, ShardStore(str(folder / "store")), options, log=lambda *_: None)
     return str(folder / "store"), raw
 
 
@@ -84,13 +86,15 @@ def _stored_images(config: DataConfig, entry: dict) -> list[bytes]:
 
 
 def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> float:
-    config = replace(config, num_workers=workers)
+    """Images/s of the train stream; `config` may be a function returning a fresh one per repeat."""
     size = args.image_size
 
     def run():
-        loader = train_loader(entry=entry, config=config, seed=0, cursor=Cursor(), rank=0, world=1,
-                              global_batch=args.batch)
-        for batch in loader:
+        fresh = replace(config() if callable(config) else config, num_workers=workers)
+        # A fixed number of batches (a real round's count comes from the manifest).
+        stream = TrainStream(entry=entry, config=fresh, seed=0, cursor=Cursor(), rank=0, batch_size=args.batch,
+                             num_batches=args.batches)
+        for batch in make_loader(stream, fresh):
             if with_views:
                 render(batch["image"], batch["theta_student"], size, batch["photo"])
                 render(batch["image"], batch["theta_teacher"], size)
@@ -132,6 +136,9 @@ def _reference_rate(paths: list[Path], args, workers: int) -> float:
 
 def main(argv=None) -> int:
     args = _args(argv)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 server would log every request
     torch.set_num_threads(1)  # one core per process, as in a loader worker
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         folder = Path(tmp)
@@ -155,7 +162,7 @@ def main(argv=None) -> int:
             row["per_core_vs_reference"] = row["pipeline"] / row["reference"]
             report["workers"][w] = row
         report["pipeline_share_of_decode"] = report["workers"][min(args.workers)]["pipeline"] / (
-            report["decode_img_per_s"] * max(1, min(args.workers)))
+            report["decode_img_per_s"] * max(1, min(args.workers)))  # one process against one core's decode
         if args.s3:
             from ark_dist.data.bench_s3 import s3_rates
 

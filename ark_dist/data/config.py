@@ -23,7 +23,7 @@ class StoreConfig:
 
     def validate(self) -> None:
         if self.retries < 1 or self.backoff_s < 0 or self.block_mb <= 0 or self.cache_gb <= 0:
-            raise ValueError("store: retries >= 1, backoff_s >= 0, block_mb > 0 and cache_gb > 0 are required")
+            raise ValueError("retries >= 1, backoff_s >= 0, block_mb > 0 and cache_gb > 0 are required")
 
 
 @dataclass(kw_only=True)
@@ -69,12 +69,12 @@ class ViewConfig:
 
     def validate(self) -> None:
         if self.image_size < 16 or self.load_size < self.image_size // 2:
-            raise ValueError("views: image_size >= 16 and load_size >= image_size / 2 are required")
+            raise ValueError("image_size >= 16 and load_size >= image_size / 2 are required")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 or not 0 < self.eval_crop <= 1:
-            raise ValueError("views: crop_scale within (0, 1] and eval_crop within (0, 1] are required")
+            raise ValueError("crop_scale within (0, 1] and eval_crop within (0, 1] are required")
         for name in ("shift_scale_rotate_p", "photometric_p"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"views.{name} must be a probability")
+                raise ValueError(f"{name} must be a probability")
 
 
 @dataclass(kw_only=True)

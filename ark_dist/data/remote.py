@@ -15,6 +15,7 @@ import os
 import posixpath
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
@@ -36,18 +37,26 @@ class Store:
         self.config = config
         url = config.url.rstrip("/")
         self.url = url
+        self._fs = None
         if url.startswith("s3://"):
-            endpoint = config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            self.endpoint = endpoint
-            options = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-            self.fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+            self.endpoint = (config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                             or os.environ.get("AWS_ENDPOINT_URL"))
             self.root = url[len("s3://"):]
         else:
             self.endpoint = None
-            self.fs = fsspec.filesystem("file")
+            self._fs = fsspec.filesystem("file")
             self.root = str(Path(url.removeprefix("file://")).resolve())
         self.is_local = self.endpoint is None and not url.startswith("s3://")
         self.cache = ShardCache(Path(config.cache_dir), int(config.cache_gb * 2**30)) if config.cache_dir else None
+
+    @property
+    def fs(self):
+        """The filesystem client, made on first use: a loader process served from the node cache
+        never pays for an S3 session."""
+        if self._fs is None:
+            options = {"client_kwargs": {"endpoint_url": self.endpoint}} if self.endpoint else {}
+            self._fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        return self._fs
 
     def __getstate__(self):  # loader workers rebuild the filesystem client in their own process
         return {"config": self.config}
@@ -84,7 +93,7 @@ class Store:
         if self.is_local:
             path = posixpath.join(self.root, rel)
             return self._retry("open", rel, lambda: open(path, "rb"))
-        return io.BufferedReader(RangedReader(self, rel, size), buffer_size=int(self.config.block_mb * 2**20))
+        return self.open_uncached(rel, size)
 
     def _download(self, rel: str, dest: Path, *, size: int, sha256: str) -> None:
         digest = hashlib.sha256()
@@ -99,31 +108,61 @@ class Store:
     def open_uncached(self, rel: str, size: int):
         if self.is_local:
             return self._retry("open", rel, lambda: open(posixpath.join(self.root, rel), "rb"))
-        return io.BufferedReader(RangedReader(self, rel, size), buffer_size=int(self.config.block_mb * 2**20))
+        return io.BufferedReader(RangedReader(self, rel, size, int(self.config.block_mb * 2**20)))
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def background() -> ThreadPoolExecutor:
+    """This process's I/O threads (made after a fork, never inherited from the parent)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="shard-io"))
+    return _POOL[1]
 
 
 class RangedReader(io.RawIOBase):
-    """Sequential reads of one object as independent ranged GETs, each retried: a dropped connection
-    costs one block, not the shard."""
+    """Sequential reads of one object as ranged GETs of `block` bytes, each retried, the next one
+    always in flight while the current one is consumed: a dropped connection costs one block, and
+    network time overlaps decoding."""
 
-    def __init__(self, store: Store, rel: str, size: int):
-        self.store, self.rel, self.size, self.pos = store, rel, size, 0
+    def __init__(self, store: Store, rel: str, size: int, block: int):
+        self.store, self.rel, self.size, self.block = store, rel, size, block
         self.path = posixpath.join(store.root, rel)
+        self._view, self._fetched = memoryview(b""), 0
+        self._next = self._fetch()
+
+    def _fetch(self):
+        start, end = self._fetched, min(self.size, self._fetched + self.block)
+        if start >= end:
+            return None
+        self._fetched = end
+        return background().submit(self.store._retry, "read", self.rel,
+                                   lambda: self.store.fs.cat_file(self.path, start=start, end=end))
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        if self.pos >= self.size:
-            return 0
-        end = min(self.size, self.pos + len(buffer))
-        data = self.store._retry("read", self.rel, lambda: self.store.fs.cat_file(self.path, start=self.pos, end=end))
-        if not data:
-            raise ShardReadError(f"{self.store.describe(self.rel)}: object ended at byte {self.pos}, manifest "
-                                 f"says {self.size}")
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        if not len(self._view):
+            if self._next is None:
+                return 0
+            data = self._next.result()
+            if len(data) == 0:
+                raise ShardReadError(f"{self.store.describe(self.rel)}: object shorter than the manifest's "
+                                     f"{self.size} bytes")
+            self._view, self._next = memoryview(data), self._fetch()
+        count = min(len(buffer), len(self._view))
+        buffer[:count] = self._view[:count]
+        self._view = self._view[count:]
+        return count
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        super().close()
 
 
 class ShardCache:

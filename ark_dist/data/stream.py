@@ -134,7 +134,7 @@ class EvalStream(IterableDataset):
         yield from stages.batched(stream, self.batch_size, counters, partial=True)
 
 
-def _loader(dataset: IterableDataset, config: DataConfig) -> DataLoader:
+def make_loader(dataset: IterableDataset, config: DataConfig) -> DataLoader:
     workers = config.num_workers
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=config.prefetch_factor if workers else None,
@@ -149,7 +149,7 @@ def train_loader(*, entry: dict, config: DataConfig, seed: int, cursor: Cursor, 
     steps = round_steps(entry, global_batch=global_batch, max_steps=config.max_steps_per_round)
     stream = TrainStream(entry=entry, config=config, seed=seed, cursor=cursor, rank=rank,
                          batch_size=global_batch // world, num_batches=steps)
-    return _loader(stream, config)
+    return make_loader(stream, config)
 
 
 class EvalLoader:
@@ -160,7 +160,7 @@ class EvalLoader:
         workers = max(1, config.num_workers)
         self.num_batches = max(eval_batches(entry, split, rank=r, world=world, workers=workers, batch_size=batch_size)
                                for r in range(world))
-        self.loader = _loader(EvalStream(entry=entry, config=config, split=split, seed=seed, rank=rank, world=world,
+        self.loader = make_loader(EvalStream(entry=entry, config=config, split=split, seed=seed, rank=rank, world=world,
                                          batch_size=batch_size), config)
         self.load_size, self.num_labels = config.views.load_size, len(entry["labels"])
 
