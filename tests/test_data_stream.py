@@ -130,3 +130,24 @@ def test_shards_read_with_the_webdataset_library(data_store):
     samples = list(wds.WebDataset(urls, shardshuffle=False, nodesplitter=None))
     assert len(samples) == entry["splits"]["test"]["num_samples"]
     assert all(s["__key__"].startswith("vindr_cxr/") and {"jpg", "json"} <= set(s) for s in samples)
+
+
+def test_meter_reports_throughput_wait_share_and_loader_counters(data_store):
+    import time
+
+    from ark_dist.data import DataMeter
+
+    config = _config(data_store, num_workers=2)
+    entry = _entry(config, "chexpert")
+    meter = DataMeter()
+    count = 0
+    for batch in meter.wrap(train_loader(entry=entry, config=config, seed=0, cursor=Cursor(), rank=0, world=1,
+                                         global_batch=2), "chexpert"):
+        count += int(batch["valid"].sum())
+        time.sleep(0.05)  # a "step" far longer than waiting for prefetched batches
+    metrics = meter.metrics()
+    assert metrics["throughput/img_per_s"] > 0
+    assert 0 <= metrics["time/data_wait_pct"] < 100
+    assert metrics["data/bytes_read"] > 0 and metrics["data/skipped/chexpert"] == 0
+    assert meter.samples == 0, "metrics() starts a new interval"
+    assert count == round_steps(entry, global_batch=2, max_steps=None) * 2
