@@ -1,0 +1,108 @@
+"""The model (tiny Swin, CPU), weight loading, and the method's schedules, losses and EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ark_dist.method import MethodConfig, consistency, ema_update, make_teacher, momentum, task_loss
+from ark_dist.model import ArkModel, ModelConfig, load_pretrained
+
+TINY = {"embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4, "img_size": 64}
+HEADS = {"chexpert": 14, "rsna_pneumonia": 3, "shenzhen": 1}
+
+
+def tiny(**kw) -> ArkModel:
+    torch.manual_seed(0)
+    return ArkModel(ModelConfig(backbone_kwargs=TINY, projector_dim=32, **kw), HEADS)
+
+
+def test_forward_backward_all_heads():
+    model = tiny()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.projection.shape == (2, 32)
+    assert {k: tuple(v.shape) for k, v in out.logits.items()} == {k: (2, n) for k, n in HEADS.items()}
+    sum(v.sum() for v in out.logits.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp", "none"])
+def test_projector_kinds(projector):
+    model = tiny(projector=projector)
+    width = 48 if projector == "none" else 32
+    assert model(torch.randn(1, 3, 64, 64)).projection.shape == (1, width)
+
+
+def test_schedules_match_their_formulas():
+    config = MethodConfig(momentum=0.9, consistency=0.5)
+    total = 1200
+    for r in (0, 1, 300, 600, 1199, 1200):
+        assert momentum(config, r, total) == pytest.approx(1 - 0.1 * (1 + math.cos(math.pi * r / total)) / 2)
+        assert consistency(config, r, total) == pytest.approx(0.5 - 0.25 * (1 + math.cos(math.pi * r / total)))
+    assert momentum(config, 0, total) == pytest.approx(0.9) and momentum(config, total, total) == pytest.approx(1.0)
+    assert consistency(config, 0, total) == pytest.approx(0.0) and consistency(config, total, total) == 0.5
+
+
+def test_masked_task_loss_equals_the_mean_over_unmasked_labels():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [0.7, 1.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert task_loss(logits, target, torch.ones(2, 2), "multilabel") == pytest.approx(bce.mean().item())
+    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert task_loss(logits, target, mask, "multilabel") == pytest.approx((bce[0, 0] + bce[1, 0] + bce[1, 1]).item() / 3)
+    ce_logits = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    onehot = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    expected = torch.nn.functional.cross_entropy(ce_logits, torch.tensor([1, 0]))
+    assert task_loss(ce_logits, onehot, torch.ones(2, 3), "multiclass") == pytest.approx(expected.item())
+    half = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    assert task_loss(ce_logits, onehot, half, "multiclass") == pytest.approx(
+        torch.nn.functional.cross_entropy(ce_logits[:1], torch.tensor([1])).item())
+
+
+def test_teacher_starts_as_a_frozen_copy_and_follows_the_ema():
+    student = tiny()
+    teacher = make_teacher(student)
+    for t, s in zip(teacher.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(t, s)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    before = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema_update(teacher.parameters(), student.parameters(), 0.9)
+    for old, new, s in zip(before, teacher.parameters(), student.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * s)
+
+
+def test_pretrained_from_timm_and_ark_layouts_reports_keys(tmp_path):
+    source = tiny()
+    torch.save({"model": source.backbone.state_dict()}, tmp_path / "timm.pth")  # release-style nesting
+    logged = []
+    target = tiny()
+    missing, unexpected = load_pretrained(target, str(tmp_path / "timm.pth"), log=logged.append)
+    assert missing == [] and unexpected == [] and "backbone missing 0" in logged[0]
+    for a, b in zip(target.backbone.state_dict().values(), source.backbone.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.save({"teacher": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ark.pth.tar")
+    other = tiny()
+    with torch.no_grad():
+        other.projector.weight.zero_()
+    load_pretrained(other, str(tmp_path / "ark.pth.tar"), log=logged.append)
+    assert torch.equal(other.projector.weight, source.projector.weight), "continual training keeps the projector"
+
+
+def test_pretrained_refuses_pickles_and_foreign_models(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(ValueError, match="refused to unpickle"):
+        load_pretrained(tiny(), str(tmp_path / "evil.pth"), log=lambda *_: None)
+    torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="no backbone weight matches"):
+        load_pretrained(tiny(), str(tmp_path / "resnet.pth"), log=lambda *_: None)
