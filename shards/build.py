@@ -89,7 +89,16 @@ def samples_per_shard(options: BuildOptions) -> int:
     return max(1, int(options.shard_mb * 2**20 / estimate))
 
 
-def _plan(source: Source, scan, options: BuildOptions) -> list[PlannedShard]:
+def _file_state(path: Path) -> int | None:
+    """What a re-run compares to notice a repaired, replaced or vanished image without reading it:
+    its size (not its mtime, so that a copied dataset still resumes and gives the same manifest)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _plan(source: Source, scan, options: BuildOptions, root: Path) -> list[PlannedShard]:
     per_shard = samples_per_shard(options)
     base = {
         "tool": __version__, "source": source.name, "encode": asdict(options.encode),
@@ -104,6 +113,7 @@ def _plan(source: Source, scan, options: BuildOptions) -> list[PlannedShard]:
             chunk = records[start:start + per_shard]
             url = f"{source.name}/{split}-{index:06d}.tar"
             digest = hashlib.sha256(json.dumps({**base, "url": url, "ids": [r.id for r in chunk],
+                                                "files": [_file_state(root / r.image) for r in chunk],
                                                 "facts": [r.facts(source.name, original_size=(), stored_size=())
                                                           for r in chunk]}, sort_keys=True).encode())
             planned.append(PlannedShard(split=split, url=url, records=chunk, plan=digest.hexdigest()))
@@ -188,7 +198,7 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
     for note in scan.notes:
         log(f"note: {source.name}: {note}")
 
-    planned = _plan(source, scan, options)
+    planned = _plan(source, scan, options, root)
     total = sum(len(s.records) for s in planned)
     if total == 0:
         raise ShardsError(f"{source.name}: no images listed under {root}")

@@ -248,3 +248,19 @@ def test_split_file_reproduces_splits(synth_root, store, tmp_path):
     code, _, err = build("rsna_pneumonia", synth_root / "rsna_pneumonia", tmp_path / "other", "--seed", "7")
     assert code == 0, err
     assert (tmp_path / "other" / "rsna_pneumonia" / "splits.csv").read_bytes() != split_file.read_bytes()
+
+
+def test_rebuild_re_encodes_a_repaired_image(raw_copy, tmp_path):
+    root = raw_copy("shenzhen")
+    victim = sorted((root / "CXR_png").glob("*.png"))[2]
+    good = victim.read_bytes()
+    victim.unlink()
+    out = tmp_path / "s"
+    code, _, err = build("shenzhen", root, out, "--max-bad", "1")
+    assert code == 0, err
+    victim.write_bytes(good)
+    code, _, err = build("shenzhen", root, out, "--max-bad", "1")
+    assert code == 0, err
+    entry = json.loads((out / "manifest.json").read_text())["datasets"]["shenzhen"]
+    assert not any(info["skipped"] for info in entry["splits"].values()), "the repaired image is in the shards now"
+    assert sum(info["num_samples"] for info in entry["splits"].values()) == 16

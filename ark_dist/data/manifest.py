@@ -24,6 +24,6 @@ def dataset_entry(datasets: dict, name: str, *, splits: tuple[str, ...] = ("trai
         raise ValueError(f"dataset {name!r} is in the recipe but not in the manifest (has: {', '.join(sorted(datasets))})")
     entry = datasets[name]
     for split in splits:
-        if split not in entry["splits"] or not entry["splits"][split]["shards"]:
-            raise ValueError(f"dataset {name!r} has no {split!r} shards in the manifest")
+        if split not in entry["splits"] or not entry["splits"][split]["num_samples"]:
+            raise ValueError(f"dataset {name!r} has no {split!r} samples in the manifest")
     return entry

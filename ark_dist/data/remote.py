@@ -47,6 +47,7 @@ class Store:
             self._fs = fsspec.filesystem("file")
             self.root = str(Path(url.removeprefix("file://")).resolve())
         self.is_local = self.endpoint is None and not url.startswith("s3://")
+        self.reads_ahead = not self.is_local and not config.cache_dir  # see stages.opened
         self.cache = ShardCache(Path(config.cache_dir), int(config.cache_gb * 2**30)) if config.cache_dir else None
 
     @property
@@ -115,7 +116,8 @@ _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def background() -> ThreadPoolExecutor:
-    """This process's I/O threads (made after a fork, never inherited from the parent)."""
+    """This process's block-download threads (made after a fork, never inherited from the parent).
+    Only ranged block reads run here, never work that waits on the pool itself."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
         _POOL = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="shard-io"))
@@ -179,10 +181,14 @@ class ShardCache:
         path = self.folder / f"{sha256}.tar"
         try:
             handle = open(path, "rb")
-            os.utime(path)  # mark as recently used
-            return handle
         except FileNotFoundError:
-            pass
+            handle = None
+        if handle is not None:
+            try:
+                os.utime(path)  # mark as recently used
+            except FileNotFoundError:
+                pass  # evicted just now: our open handle still reads it
+            return handle
         with open(self.folder / f"{sha256}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not path.exists():  # nobody filled it while we waited
@@ -194,26 +200,30 @@ class ShardCache:
                 finally:
                     tmp.unlink(missing_ok=True)
                 self._evict(room_for=0, keep=path)  # others may have filled meanwhile
-        return open(path, "rb")
+            return open(path, "rb")  # opened under the lock: an eviction cannot win the race
 
     def _evict(self, *, room_for: int, keep: Path) -> None:
         """Delete least recently used shards until `room_for` more bytes fit; one process at a time."""
         with open(self.folder / ".evict.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             shards = []
+            filling = 0  # other processes' downloads in progress count against the bound too
             for entry in os.scandir(self.folder):
-                if entry.name.endswith(".tar") and entry.path != str(keep):
-                    try:
-                        stat = entry.stat()
-                    except FileNotFoundError:
-                        continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if ".tmp-" in entry.name:
+                    filling += stat.st_size
+                elif entry.name.endswith(".tar") and entry.path != str(keep):
                     shards.append((stat.st_mtime, stat.st_size, entry.path))
-            total = sum(s for _, s, _ in shards) + (keep.stat().st_size if keep.exists() else 0)
+            total = sum(s for _, s, _ in shards) + filling + (keep.stat().st_size if keep.exists() else 0)
             for _, size, victim in sorted(shards):
                 if total + room_for <= self.max_bytes:
                     break
                 try:
                     os.unlink(victim)
+                    Path(victim).with_suffix(".lock").unlink(missing_ok=True)
                     total -= size
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ark_dist.data.labels import LabelPolicy
-from ark_dist.data.remote import Store, background
+from ark_dist.data.remote import Store
 from ark_dist.data.views import draw_views
 
 
@@ -62,7 +62,10 @@ def _octal(field: bytes) -> int:
         return 0
     if field[0] & 0x80:  # GNU base-256 for huge sizes
         return int.from_bytes(field[1:], "big")
-    return int(text, 8)
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise DamagedShard(f"bad number field {field!r}") from None
 
 
 def tar_members(handle) -> Iterator[tuple[str, bytes]]:
@@ -104,23 +107,27 @@ def tar_members(handle) -> Iterator[tuple[str, bytes]]:
 
 
 def opened(shards: Iterable[dict], store: Store) -> Iterator[tuple[dict, object]]:
-    """(shard, open file) pairs, the next shard always opening in the background (its first block
-    downloading, or its cache fill running) while the current one is read."""
-    pending = None
+    """(shard, open file) pairs. From a remote store without a cache the next shard is opened one
+    ahead, so its first block downloads while the current shard is read; local and cached shards
+    open on demand (a cache fill runs in this thread and is never left behind)."""
+    ahead = None
     try:
         for shard in shards:
-            future = background().submit(store.open_shard, shard["url"], size=shard["num_bytes"],
-                                         sha256=shard["sha256"])
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (shard, future)
-        if pending is not None:
-            shard, future = pending
-            pending = None
-            yield shard, future.result()
+            handle = store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"])
+            if not store.reads_ahead:
+                yield shard, handle
+                continue
+            if ahead is None:
+                ahead = (shard, handle)
+                continue
+            current, ahead = ahead, (shard, handle)
+            yield current
+        if ahead is not None:
+            current, ahead = ahead, None
+            yield current
     finally:  # the stream stopped early: close the shard opened ahead
-        if pending is not None and not pending[1].cancel() and pending[1].exception() is None:
-            pending[1].result().close()
+        if ahead is not None:
+            ahead[1].close()
 
 
 def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Iterator[dict]:
@@ -129,22 +136,28 @@ def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Ite
     for shard, handle in opened(shards, store):
         counters.shards += 1
         with handle:
-            current, parts, position = None, {}, 0
+            current, parts, count = None, {}, 0
             try:
                 for name, data in tar_members(handle):
                     key, _, ext = name.rpartition(".")
                     if key != current:
                         if current is not None:
-                            yield {"key": current, "shard": shard["url"], "position": position, "parts": parts}
-                            position += 1
+                            yield {"key": current, "shard": shard["url"], "position": count, "parts": parts}
+                            count += 1
                         current, parts = key, {}
                     counters.bytes += len(data)
                     parts[ext] = data
-            except (DamagedShard, UnicodeDecodeError, ValueError) as exc:
+                if current is not None:
+                    yield {"key": current, "shard": shard["url"], "position": count, "parts": parts}
+                    count += 1
+            except (DamagedShard, UnicodeDecodeError) as exc:
                 counters.bad(f"damaged shard {store.describe(shard['url'])}: {type(exc).__name__}: {exc}")
                 continue
-            if current is not None:
-                yield {"key": current, "shard": shard["url"], "position": position, "parts": parts}
+            if count > shard["num_samples"]:  # ranks would fall out of step: the store changed under us
+                raise DataError(f"{store.describe(shard['url'])} holds {count} samples, the manifest "
+                                f"{shard['num_samples']}: rebuild the manifest or re-run the build")
+            if count < shard["num_samples"]:
+                counters.bad(f"{store.describe(shard['url'])} ended after {count} of {shard['num_samples']} samples")
 
 
 def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, initial: int = 100) -> Iterator[dict]:

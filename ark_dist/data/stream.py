@@ -57,7 +57,8 @@ class TrainStream(IterableDataset):
     """`num_batches` batches of `batch_size` for one rank and round, from `start_batch` on.
 
     Batch k comes from loader slot k % W (W loader processes); a slot's randomness is seeded by
-    (seed, epoch, round, rank, slot, dataset), so the stream is a function of the cursor alone."""
+    (seed, epoch, round, rank, slot, dataset), so the stream is a function of the cursor and W.
+    Resuming skips samples without decoding them: exact unless a skipped sample was undecodable."""
 
     def __init__(self, *, entry: dict, config: DataConfig, seed: int, cursor: Cursor, rank: int,
                  batch_size: int, num_batches: int):
@@ -171,6 +172,8 @@ class EvalLoader:
         count = 0
         for batch in self.loader:
             count += 1
+            if count > self.num_batches:  # cannot happen while shards match the manifest (checked)
+                raise RuntimeError(f"evaluation yielded more than the planned {self.num_batches} batches")
             yield batch
         for _ in range(self.num_batches - count):
             yield self._padding()
