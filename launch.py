@@ -1,5 +1,6 @@
 """ark-dist's one entry point.
 
+    python launch.py train --config FILE [key=value ...] [--dry-run]   Ark on Ray Train + DeepSpeed
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
     python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
@@ -15,6 +16,10 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command == "train":
+        from ark_dist.train.cli import main as train_main
+
+        return train_main(rest)
     if command == "shards":
         from shards.cli import main as shards_main
 

@@ -1,0 +1,86 @@
+"""The whole config tree: one section per component (DESIGN 2.3). YAML in `configs/` is a
+serialisation of `Config`; `a.b=value` overrides and Ray Tune search spaces use the same keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ark_dist.configtree import load_config, to_dict
+from ark_dist.data.config import DataConfig
+from ark_dist.method.config import MethodConfig
+from ark_dist.model.config import ModelConfig
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Optimizer and LR schedule: linear warm-up, then cosine to `min_lr`, stepped per optimizer step."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.3
+    momentum: float = 0.9  # SGD
+    nesterov: bool = True  # SGD
+    weight_decay: float = 0.0
+    warmup_epochs: float = 20.0
+    min_lr: float = 1e-5
+    clip_grad: float = 0.0  # 0 = off (Ark clips nothing; DeepSpeed would clip at 1.0 by default)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.clip_grad < 0:
+            raise ValueError("lr > 0, min_lr >= 0, warmup_epochs >= 0 and clip_grad >= 0 are required")
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    """DeepSpeed and the Ray workers that run it."""
+
+    num_workers: int = 2  # data-parallel ranks (Ray Train workers)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 on GPUs
+    grad_accum: int = 1
+
+    def validate(self) -> None:
+        if self.num_workers < 1 or self.cpus_per_worker < 1 or self.grad_accum < 1:
+            raise ValueError("num_workers, cpus_per_worker and grad_accum must be at least 1")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The run: length, batch, seed, evaluation and checkpoint cadence, where it is stored."""
+
+    epochs: int = 200
+    global_batch: int = 200  # images per optimizer step over all ranks
+    seed: int = 0
+    eval_every: int = 10  # epochs; the last epoch always evaluates
+    checkpoint_every: int = 0  # steps within a round; 0 = only at each round's end
+    storage_path: str = "runs"  # local folder or s3:// (Ray's storage_path)
+    name: str = "ark"  # a stable name: re-running it resumes
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.global_batch < 1 or self.eval_every < 1 or self.checkpoint_every < 0:
+            raise ValueError("epochs, global_batch and eval_every must be at least 1, checkpoint_every >= 0")
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        world = self.engine.num_workers
+        if self.train.global_batch % (world * self.engine.grad_accum):
+            raise ValueError(f"train.global_batch {self.train.global_batch} must split evenly over "
+                             f"{world} workers x {self.engine.grad_accum} accumulation steps")
+
+
+def load(path=None, overrides=None) -> Config:
+    return load_config(Config, path, overrides)
+
+
+__all__ = ["Config", "OptimConfig", "EngineConfig", "TrainConfig", "load", "to_dict"]

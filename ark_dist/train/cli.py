@@ -1,0 +1,33 @@
+"""`python launch.py train --config FILE [dotted.key=value ...] [--dry-run]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ark_dist.config import load
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="launch.py train", description="Ark on Ray Train + DeepSpeed")
+    p.add_argument("--config", help="a YAML recipe from configs/ (default: all defaults)")
+    p.add_argument("--dry-run", action="store_true", help="validate, read the manifest, build the model, then stop")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=0.1")
+    args = p.parse_args(argv)
+    try:
+        cfg = load(args.config, args.overrides)
+        from ark_dist.train.run import fit, preflight
+
+        preflight(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("dry run: config valid, store and datasets found")
+        return 0
+    result = fit(cfg)
+    if result.error:
+        print(f"error: training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"done: {result.path}")
+    return 0

@@ -1,0 +1,78 @@
+"""Evaluation: per-class ROC-AUC (and accuracy for multi-class heads) over a whole split, exact
+across ranks (the eval stream gives each sample to one rank; results are gathered)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ark_dist.data import EvalLoader, render_eval
+
+CHEXPERT_COMPETITION = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mann-Whitney ROC-AUC with average ranks for ties; None when a class is absent or always present."""
+    positives = labels == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def summarize(entry: dict, scores: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """scores/targets/masks: (N, K). Mean AUC over classes with both outcomes, per-class AUC, and
+    for multi-class heads the accuracy; CheXpert also on its 5 competition classes."""
+    out = {}
+    aucs = {}
+    for k, name in enumerate(entry["labels"]):
+        keep = masks[:, k] > 0
+        value = roc_auc(scores[keep, k], (targets[keep, k] >= 0.5).astype(np.int64))
+        if value is not None:
+            aucs[name] = value
+            out[f"auc_class/{name}"] = value
+    out["auc"] = float(np.mean(list(aucs.values()))) if aucs else float("nan")
+    if entry["name"] == "chexpert":
+        five = [aucs[c] for c in CHEXPERT_COMPETITION if c in aucs]
+        out["auc5"] = float(np.mean(five)) if five else float("nan")
+    if entry["task"] == "multiclass":
+        keep = masks[:, 0] > 0
+        out["accuracy"] = float((scores[keep].argmax(1) == targets[keep].argmax(1)).mean()) if keep.any() else float("nan")
+    return out
+
+
+@torch.no_grad()
+def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, data_config, seed: int, rank: int,
+             world: int, batch_size: int, device, dtype) -> dict[str, dict[str, float]]:
+    """{model name: summary} for one dataset and split; every rank runs it (collectives inside)."""
+    loader = EvalLoader(entry=entry, config=data_config, split=split, seed=seed, rank=rank, world=world,
+                        batch_size=batch_size)
+    collected = {name: [] for name in models}
+    targets, masks = [], []
+    for batch in loader:
+        views = render_eval(batch["image"].to(device), data_config.views)  # (B, V, 3, S, S)
+        b, v = views.shape[:2]
+        valid = batch["valid"].numpy()
+        for name, model in models.items():
+            logits = model(views.flatten(0, 1).to(dtype), heads=[entry["name"]]).logits[entry["name"]]
+            logits = logits.float().view(b, v, -1)
+            probs = torch.softmax(logits, -1) if entry["task"] == "multiclass" else torch.sigmoid(logits)
+            collected[name].append(probs.mean(1).cpu().numpy()[valid])  # ten-crop: mean over views
+        targets.append(batch["target"].numpy()[valid])
+        masks.append(batch["mask"].numpy()[valid])
+    local = {"targets": np.concatenate(targets), "masks": np.concatenate(masks),
+             **{name: np.concatenate(v) for name, v in collected.items()}}
+    gathered = [None] * world
+    if world > 1:
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered = [local]
+    merged = {k: np.concatenate([g[k] for g in gathered]) for k in local}
+    return {name: summarize(entry, merged[name], merged["targets"], merged["masks"]) for name in models}

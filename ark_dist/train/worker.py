@@ -1,0 +1,176 @@
+"""The per-worker training function that Ray Train runs on every rank (cyclic Ark schedule).
+
+Every rank executes the same sequence of collectives: same rounds, same number of steps
+(from the manifest), same checkpoints and evaluations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ark_dist.config import Config, to_dict
+from ark_dist.configtree import from_dict
+from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, read_manifest, render, train_loader
+from ark_dist.method import consistency, consistency_loss, ema_update, make_teacher, momentum, task_loss
+from ark_dist.model import ArkModel, load_pretrained
+from ark_dist.train import engine as engines
+from ark_dist.train.evaluate import evaluate
+from ark_dist.train.schedule import steps_per_round
+
+TEACHER = "teacher.safetensors"
+STATE = "state.json"
+
+
+def teacher_digest(teacher: torch.nn.Module) -> str:
+    """sha256 over the teacher's tensors: equal on every rank, bit for bit, or a bug."""
+    digest = hashlib.sha256()
+    for name, tensor in teacher.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Run:
+    """One rank's view of the run: model, teacher, engine, data and the cursor."""
+
+    def __init__(self, cfg: Config):
+        import ray.train
+
+        self.cfg = cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
+        manifest = read_manifest(Store(cfg.data.store))
+        self.entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
+        torch.manual_seed(cfg.train.seed)  # identical initial student (and so teacher) on every rank
+        model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in self.entries})
+        if cfg.model.pretrained:
+            load_pretrained(model, cfg.model.pretrained, log=self.log)
+        self.teacher = make_teacher(model).to(self.device)  # before the engine wraps the student
+        self.steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch,
+                                     max_steps=cfg.data.max_steps_per_round)
+        self.total_steps = cfg.train.epochs * sum(self.steps)
+        self.total_rounds = cfg.train.epochs * len(self.entries)
+        self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
+        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=self.total_steps,
+                                    warmup_steps=int(cfg.optim.warmup_epochs * sum(self.steps)))
+        self.cursor = Cursor()
+        self.meter = DataMeter()
+
+    def log(self, line: str) -> None:
+        if self.rank == 0:
+            print(f"[ark-dist] {line}", flush=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, cursor: Cursor, metrics: dict) -> None:
+        """Every rank saves its engine shard and reports; rank 0 adds the teacher and the cursor."""
+        import ray.train
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.engine.save_checkpoint(folder, tag="engine")
+            if self.rank == 0:
+                save_file({k: v.contiguous().cpu() for k, v in self.teacher.state_dict().items()}, f"{folder}/{TEACHER}")
+                state = {"cursor": cursor.__dict__, "config": to_dict(self.cfg)}
+                Path(folder, STATE).write_text(json.dumps(state, indent=1))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def restore(self) -> None:
+        import ray.train
+        from safetensors.torch import load_file
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            self.engine.load_checkpoint(folder, tag="engine")
+            self.teacher.load_state_dict(load_file(f"{folder}/{TEACHER}"))
+            self.cursor = Cursor(**json.loads(Path(folder, STATE).read_text())["cursor"])
+        self.log(f"resumed at epoch {self.cursor.epoch}, round {self.cursor.round}, step {self.cursor.step}")
+
+    # -- training ------------------------------------------------------------------------------
+    def update_teacher(self, m: float) -> None:
+        with engines.gathered_parameters(self.engine):
+            ema_update(self.teacher.parameters(), self.engine.module.parameters(), m)
+
+    def train_round(self, epoch: int, index: int, start: int) -> dict:
+        cfg, entry = self.cfg, self.entries[index]
+        name, size = entry["name"], cfg.data.views.image_size
+        done_rounds = epoch * len(self.entries) + index
+        c = consistency(cfg.method, done_rounds, self.total_rounds)
+        loader = train_loader(entry=entry, config=cfg.data, seed=cfg.train.seed, cursor=Cursor(epoch, index, start),
+                              rank=self.rank, world=self.world, global_batch=cfg.train.global_batch)
+        losses = []
+        for step, batch in enumerate(self.meter.wrap(loader, name), start=start):
+            images = batch["image"].to(self.device, non_blocking=True)
+            student_in = render(images, batch["theta_student"].to(self.device), size, batch["photo"].to(self.device))
+            teacher_in = render(images, batch["theta_teacher"].to(self.device), size)
+            out = self.engine(student_in.to(self.dtype), heads=[name])
+            with torch.no_grad():
+                target_proj = self.teacher(teacher_in, heads=[]).projection
+            task = task_loss(out.logits[name], batch["target"].to(self.device), batch["mask"].to(self.device), entry["task"])
+            loss = (1 - c) * task + c * consistency_loss(out.projection, target_proj)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            global_step = sum(self.steps) * epoch + sum(self.steps[:index]) + step + 1
+            if cfg.method.ema == "step":
+                self.update_teacher(momentum(cfg.method, global_step, self.total_steps))
+            if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
+                self.save(Cursor(epoch, index, step + 1), {"loss": loss.item(), "epoch": epoch, "round": index})
+        if cfg.method.ema == "round":
+            self.update_teacher(momentum(cfg.method, done_rounds + 1, self.total_rounds))
+        metrics = {f"loss/{name}": sum(losses) / max(len(losses), 1), "consistency/coef": c,
+                   "ema/momentum": momentum(cfg.method, done_rounds + 1, self.total_rounds),
+                   "lr": self.engine.get_lr()[0], "epoch": epoch, "round": index, **self.meter.metrics()}
+        return metrics
+
+    def evaluate(self) -> dict:
+        out = {}
+        student = self.engine.module
+        student.eval()
+        for entry in self.entries:
+            for split in ("val", "test"):
+                if split not in entry["splits"] or not entry["splits"][split]["num_samples"]:
+                    continue
+                results = evaluate({"student": student, "teacher": self.teacher}, entry, split, data_config=self.cfg.data,
+                                   seed=self.cfg.train.seed, rank=self.rank, world=self.world,
+                                   batch_size=self.micro, device=self.device, dtype=self.dtype)
+                for model, summary in results.items():
+                    out[f"auc/{split}/{entry['name']}/{model}"] = summary["auc"]
+        student.train()
+        return out
+
+    def fit(self) -> None:
+        import torch.distributed as dist
+
+        self.restore()
+        cfg = self.cfg
+        for epoch in range(self.cursor.epoch, cfg.train.epochs):
+            first = self.cursor.round if epoch == self.cursor.epoch else 0
+            for index in range(first, len(self.entries)):
+                start = self.cursor.step if (epoch, index) == (self.cursor.epoch, self.cursor.round) else 0
+                metrics = self.train_round(epoch, index, start)
+                digests = [None] * self.world
+                dist.all_gather_object(digests, teacher_digest(self.teacher))
+                metrics["teacher/ranks_identical"] = float(len(set(digests)) == 1)
+                if index == len(self.entries) - 1 and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+                    metrics.update(self.evaluate())
+                following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.entries) else Cursor(epoch, index + 1, 0)
+                self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                self.save(following, metrics)
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's entry on every worker."""
+    import deepspeed
+
+    cfg = from_dict(Config, config)
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
+    Run(cfg).fit()
