@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 10  # epochs; the last epoch always evaluates
     checkpoint_every: int = 0  # steps within a round; 0 = only at each round's end
+    keep_checkpoints: int = 2  # the newest ones kept in storage
     storage_path: str = "runs"  # local folder or s3:// (Ray's storage_path)
     name: str = "ark"  # a stable name: re-running it resumes
 

@@ -64,6 +64,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise _fail(key, f"expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads `1e-5` as a string, not a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, f"expected a number, got {value!r}")
         return float(value)

@@ -287,3 +287,11 @@ def test_an_empty_yaml_section_accepts_overrides(tmp_path):
     path.write_text("views:\nnum_workers: 3\n")
     cfg = load_config(DataConfig, path, ["views.image_size=768", "views.load_size=896"])
     assert cfg.views.image_size == 768 and cfg.num_workers == 3
+
+
+def test_exponent_floats_from_yaml_are_numbers():
+    from ark_dist.config import load
+
+    assert load(None, ["optim.min_lr=1e-5"]).optim.min_lr == 1e-5
+    with pytest.raises(ValueError, match="optim.lr"):
+        load(None, ["optim.lr=fast"])

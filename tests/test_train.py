@@ -80,3 +80,71 @@ def test_dry_run_and_bad_config_are_one_line(tiny_store, capsys):
     assert "config key 'optim.lrr': unknown key" in capsys.readouterr().err
     assert main(["--dry-run", f"data.store.url={tiny_store}", "data.datasets=[chexpert, mimic_cxr]"]) == 2
     assert "'mimic_cxr' is in the recipe but not in the manifest" in capsys.readouterr().err
+
+
+DRIVER = """
+import sys
+from ark_dist.config import load
+from ark_dist.train.run import fit
+result = fit(load(None, sys.argv[1:]))
+sys.exit(0 if result.error is None else 1)
+"""
+
+
+def _final_teacher(runs: Path, name: str) -> dict:
+    """The teacher of the run's furthest checkpoint (by its cursor)."""
+    from safetensors.torch import load_file
+
+    done = [p for p in (runs / name).glob("checkpoint_2*") if (p / "state.json").is_file()]
+    latest = max(done, key=lambda p: tuple(json.loads((p / "state.json").read_text())["cursor"].values()))
+    return load_file(latest / "teacher.safetensors")
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_round_resumes_to_the_same_teacher(tiny_store, tmp_path):
+    """SIGKILL the whole driver (and its local Ray) once a mid-round checkpoint exists; re-running
+    the same command resumes from it and ends with the teacher of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    runs = tmp_path / "runs"
+
+    def args(name):
+        cfg = tiny_config(tiny_store, runs, name, "train.checkpoint_every=1")
+        return [f"{k}={v}" for k, v in _flat(cfg).items()]
+
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    clean = subprocess.run([sys.executable, "-c", DRIVER, *args("clean")], cwd=repo, env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    killed = subprocess.Popen([sys.executable, "-c", DRIVER, *args("killed")], cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        states = [json.loads(p.read_text())["cursor"] for p in (runs / "killed").glob("checkpoint_2*/state.json")]
+        if any(s["epoch"] == 0 and s["round"] == 1 and s["step"] >= 1 for s in states):
+            break
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)  # the driver, its Ray cluster and workers, all at once
+    killed.wait()
+    states = [json.loads(p.read_text())["cursor"] for p in (runs / "killed").glob("checkpoint_2*/state.json")]
+    assert not any(s["epoch"] == 2 for s in states), "killed too late: the run had finished"
+    resumed = subprocess.run([sys.executable, "-c", DRIVER, *args("killed")], cwd=repo, env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, got = _final_teacher(runs, "clean"), _final_teacher(runs, "killed")
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), "the resumed teacher differs from the uninterrupted one"
+
+
+def _flat(cfg) -> dict:
+    """A config as section=JSON overrides (JSON is YAML) for a driver on the command line."""
+    from ark_dist.config import to_dict
+
+    return {section: json.dumps(values) for section, values in to_dict(cfg).items()}

@@ -42,6 +42,6 @@ def fit(cfg: Config, *, max_failures: int = 3):
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.train.name, storage_path=storage(cfg.train.storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
     )
     return trainer.fit()

@@ -89,7 +89,9 @@ class Run:
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
-            self.engine.load_checkpoint(folder, tag="engine")
+            loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
+            if loaded is None:  # DeepSpeed only warns when it finds nothing to load
+                raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
             self.teacher.load_state_dict(load_file(f"{folder}/{TEACHER}"))
             self.cursor = Cursor(**json.loads(Path(folder, STATE).read_text())["cursor"])
         self.log(f"resumed at epoch {self.cursor.epoch}, round {self.cursor.round}, step {self.cursor.step}")
@@ -108,6 +110,10 @@ class Run:
                               rank=self.rank, world=self.world, global_batch=cfg.train.global_batch)
         losses = []
         for step, batch in enumerate(self.meter.wrap(loader, name), start=start):
+            global_step = sum(self.steps) * epoch + sum(self.steps[:index]) + step
+            # Stochastic depth draws from torch's generator: seed it from the cursor, so a resumed
+            # run draws what the uninterrupted one did (no RNG state to carry in checkpoints).
+            torch.manual_seed(hash((cfg.train.seed, global_step, self.rank)) % 2**63)
             images = batch["image"].to(self.device, non_blocking=True)
             student_in = render(images, batch["theta_student"].to(self.device), size, batch["photo"].to(self.device))
             teacher_in = render(images, batch["theta_teacher"].to(self.device), size)
@@ -119,9 +125,8 @@ class Run:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())
-            global_step = sum(self.steps) * epoch + sum(self.steps[:index]) + step + 1
             if cfg.method.ema == "step":
-                self.update_teacher(momentum(cfg.method, global_step, self.total_steps))
+                self.update_teacher(momentum(cfg.method, global_step + 1, self.total_steps))
             if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
                 self.save(Cursor(epoch, index, step + 1), {"loss": loss.item(), "epoch": epoch, "round": index})
         if cfg.method.ema == "round":
