@@ -3,7 +3,8 @@ serialisation of `Config`; `a.b=value` overrides and Ray Tune search spaces use 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from ark_dist.configtree import load_config, to_dict
@@ -80,8 +81,23 @@ class Config:
                              f"{world} workers x {self.engine.grad_accum} accumulation steps")
 
 
+def _absolute(path: str | None) -> str | None:
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Local paths made absolute against the driver's folder: Ray workers run elsewhere."""
+    store = replace(cfg.data.store, url=_absolute(cfg.data.store.url), cache_dir=_absolute(cfg.data.store.cache_dir))
+    return replace(cfg, data=replace(cfg.data, store=store),
+                   model=replace(cfg.model, pretrained=_absolute(cfg.model.pretrained)),
+                   train=replace(cfg.train, storage_path=_absolute(cfg.train.storage_path)))
+
+
 def load(path=None, overrides=None) -> Config:
-    return load_config(Config, path, overrides)
+    """A recipe (YAML) plus dotted overrides, validated, with local paths made absolute."""
+    return absolute_paths(load_config(Config, path, overrides))
 
 
 __all__ = ["Config", "OptimConfig", "EngineConfig", "TrainConfig", "load", "to_dict"]

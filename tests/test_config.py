@@ -295,3 +295,19 @@ def test_exponent_floats_from_yaml_are_numbers():
     assert load(None, ["optim.min_lr=1e-5"]).optim.min_lr == 1e-5
     with pytest.raises(ValueError, match="optim.lr"):
         load(None, ["optim.lr=fast"])
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).resolve().parents[1].glob("configs/*.yaml")))
+def test_every_recipe_in_configs_loads_and_validates(path):
+    from ark_dist.config import Config, load
+
+    assert isinstance(load(path), Config)
+
+
+def test_local_paths_become_absolute_for_workers(tmp_path, monkeypatch):
+    from ark_dist.config import load
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load(None, ["data.store.url=out/store", "train.storage_path=s3://bucket/runs"])
+    assert cfg.data.store.url == str(tmp_path / "out" / "store")
+    assert cfg.train.storage_path == "s3://bucket/runs"
