@@ -63,6 +63,7 @@ def test_two_workers_train_evaluate_and_checkpoint(tiny_store, tmp_path, ray_clu
     for name in DATASETS:
         for model in ("student", "teacher"):
             assert f"auc/test/{name}/{model}" in metrics
+    assert 0.0 <= metrics["auc5/test/chexpert/teacher"] <= 1.0
     assert metrics["ema/momentum"] == pytest.approx(1.0) and metrics["lr"] == pytest.approx(1e-5)
     folder = Path(result.checkpoint.path)
     state = json.loads((folder / "state.json").read_text())
@@ -74,8 +75,11 @@ def test_two_workers_train_evaluate_and_checkpoint(tiny_store, tmp_path, ray_clu
 def test_dry_run_and_bad_config_are_one_line(tiny_store, capsys):
     from ark_dist.train.cli import main
 
-    args = [f"data.store.url={tiny_store}", f"data.datasets=[{', '.join(DATASETS)}]"]
+    args = [f"data.store.url={tiny_store}", f"data.datasets=[{', '.join(DATASETS)}]", f"model.backbone_kwargs={TINY}",
+            "data.views.image_size=64", "data.views.load_size=72", "train.global_batch=4"]
     assert main(["--dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    assert "one batch of 2 from chexpert (2, 3, 64, 64): loss" in out
     assert main(["--dry-run", *args, "optim.lrr=0.1"]) == 2
     assert "config key 'optim.lrr': unknown key" in capsys.readouterr().err
     assert main(["--dry-run", f"data.store.url={tiny_store}", "data.datasets=[chexpert, mimic_cxr]"]) == 2

@@ -11,7 +11,8 @@ from ark_dist.config import load
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="launch.py train", description="Ark on Ray Train + DeepSpeed")
     p.add_argument("--config", help="a YAML recipe from configs/ (default: all defaults)")
-    p.add_argument("--dry-run", action="store_true", help="validate, read the manifest, build the model, then stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build everything and run one batch on the CPU (no Ray, no DeepSpeed), then stop")
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=0.1")
     args = p.parse_args(argv)
     try:
@@ -23,7 +24,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print("dry run: config valid, store and datasets found")
+        from ark_dist.train.dry_run import dry_run
+
+        dry_run(cfg)
         return 0
     result = fit(cfg)
     if result.error:

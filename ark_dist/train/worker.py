@@ -149,6 +149,8 @@ class Run:
                                    batch_size=self.micro, device=self.device, dtype=self.dtype)
                 for model, summary in results.items():
                     out[f"auc/{split}/{entry['name']}/{model}"] = summary["auc"]
+                    if "auc5" in summary:  # CheXpert's 5 competition classes
+                        out[f"auc5/{split}/{entry['name']}/{model}"] = summary["auc5"]
         student.train()
         return out
 
