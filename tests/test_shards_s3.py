@@ -7,7 +7,6 @@ import json
 import time
 
 import boto3
-import pytest
 
 import labelfacts
 from conftest import SOURCES, run_shards

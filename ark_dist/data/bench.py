@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
