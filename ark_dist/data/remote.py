@@ -46,7 +46,7 @@ class Store:
             self.endpoint = None
             self._fs = fsspec.filesystem("file")
             self.root = str(Path(url.removeprefix("file://")).resolve())
-        self.is_local = self.endpoint is None and not url.startswith("s3://")
+        self.is_local = not url.startswith("s3://")
         self.reads_ahead = not self.is_local and not config.cache_dir  # see stages.opened
         self.cache = ShardCache(Path(config.cache_dir), int(config.cache_gb * 2**30)) if config.cache_dir else None
 
@@ -91,9 +91,6 @@ class Store:
         """A binary file object over one shard: the cached copy, a plain file, or ranged reads."""
         if self.cache is not None:
             return self.cache.open(sha256, size, lambda dest: self._download(rel, dest, size=size, sha256=sha256))
-        if self.is_local:
-            path = posixpath.join(self.root, rel)
-            return self._retry("open", rel, lambda: open(path, "rb"))
         return self.open_uncached(rel, size)
 
     def _download(self, rel: str, dest: Path, *, size: int, sha256: str) -> None:
@@ -107,6 +104,7 @@ class Store:
                                  f"under the manifest, or the object is damaged)")
 
     def open_uncached(self, rel: str, size: int):
+        """The shard in the store itself: a plain file, or ranged reads from S3."""
         if self.is_local:
             return self._retry("open", rel, lambda: open(posixpath.join(self.root, rel), "rb"))
         return io.BufferedReader(RangedReader(self, rel, size, int(self.config.block_mb * 2**20)))
@@ -228,6 +226,3 @@ class ShardCache:
                 except OSError as exc:
                     if exc.errno != errno.ENOENT:
                         raise
-
-    def usage(self) -> int:
-        return sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith(".tar"))

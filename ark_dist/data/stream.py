@@ -92,7 +92,7 @@ class TrainStream(IterableDataset):
                 return
 
 
-def _eval_plan(entry: dict, split: str, *, rank: int, world: int, workers: int) -> list[list[tuple[dict, int]]]:
+def _eval_plan(entry: dict, split: str, *, workers: int) -> list[list[tuple[dict, int]]]:
     """Per loader process: its (shard, global offset of the shard's first sample) pairs."""
     plan = [[] for _ in range(workers)]
     offset = 0
@@ -105,7 +105,7 @@ def _eval_plan(entry: dict, split: str, *, rank: int, world: int, workers: int) 
 def eval_batches(entry: dict, split: str, *, rank: int, world: int, workers: int, batch_size: int) -> int:
     """Batches rank `rank` yields before padding (from the manifest's counts)."""
     total = 0
-    for pairs in _eval_plan(entry, split, rank=rank, world=world, workers=workers):
+    for pairs in _eval_plan(entry, split, workers=workers):
         mine = sum(len(range((rank - off) % world, shard["num_samples"], world)) for shard, off in pairs)
         total += math.ceil(mine / batch_size)
     return total
@@ -127,7 +127,7 @@ class EvalStream(IterableDataset):
 
     def __iter__(self):
         worker, workers = _worker()
-        pairs = _eval_plan(self.entry, self.split, rank=self.rank, world=self.world, workers=workers)[worker]
+        pairs = _eval_plan(self.entry, self.split, workers=workers)[worker]
         store = Store(self.config.store)
         counters = _counters(self.entry, self.config)
         stream = stages.decode(self._mine(pairs, store, counters), self.config.views.load_size, counters)
