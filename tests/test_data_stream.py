@@ -109,7 +109,7 @@ def test_corrupt_samples_are_skipped_counted_and_budgeted(data_store, tmp_path):
     loader = EvalLoader(entry=entry, config=config, split="test", seed=0, rank=0, world=1, batch_size=100)
     batches = list(loader)
     assert sum(int(b["valid"].sum()) for b in batches) == shard["num_samples"] - 1
-    assert batches[0]["stats"]["skipped"] == 1
+    assert batches[0]["stats"][0]["skipped"] == 1
     strict = _config(store, num_workers=0, bad_sample_min=0, bad_sample_fraction=0.0)
     with pytest.raises(DataError, match=r"rsna_pneumonia: 1 bad samples exceed the budget.*broken|rsna_pneumonia: 1 bad"):
         list(EvalLoader(entry=entry, config=strict, split="test", seed=0, rank=0, world=1, batch_size=100))
@@ -142,7 +142,7 @@ def test_meter_reports_throughput_wait_share_and_loader_counters(data_store):
     meter = DataMeter()
     count = 0
     for batch in meter.wrap(train_loader(entry=entry, config=config, seed=0, cursor=Cursor(), rank=0, world=1,
-                                         global_batch=2), "chexpert"):
+                                         global_batch=2)):
         count += int(batch["valid"].sum())
         time.sleep(0.05)  # a "step" far longer than waiting for prefetched batches
     metrics = meter.metrics()

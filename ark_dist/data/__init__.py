@@ -9,9 +9,9 @@ from ark_dist.data.manifest import dataset_entry, read_manifest
 from ark_dist.data.meter import DataMeter
 from ark_dist.data.remote import ShardReadError, Store
 from ark_dist.data.stages import DataError
-from ark_dist.data.stream import Cursor, EvalLoader, round_steps, train_loader
+from ark_dist.data.stream import Cursor, EvalLoader, mixed_loader, round_steps, train_loader
 from ark_dist.data.views import render, render_eval
 
 __all__ = ["DataConfig", "PolicyConfig", "StoreConfig", "ViewConfig", "Store", "ShardReadError", "DataError",
-           "read_manifest", "dataset_entry", "train_loader", "EvalLoader", "Cursor", "round_steps", "render",
+           "read_manifest", "dataset_entry", "train_loader", "mixed_loader", "EvalLoader", "Cursor", "round_steps", "render",
            "render_eval", "DataMeter"]

@@ -19,7 +19,7 @@ class DataMeter:
         self.samples = 0
         self._interval_start = time.perf_counter()
 
-    def wrap(self, batches: Iterable[dict], dataset: str) -> Iterator[dict]:
+    def wrap(self, batches: Iterable[dict]) -> Iterator[dict]:
         iterator = iter(batches)
         while True:
             started = time.perf_counter()
@@ -30,9 +30,8 @@ class DataMeter:
             got = time.perf_counter()
             self.wait_s += got - started
             self.samples += int(batch["valid"].sum())
-            if batch.get("stats"):
-                stats = batch["stats"]
-                self._workers[(dataset, stats.get("worker", 0))] = stats
+            for stats in batch.get("stats") or ():  # one snapshot per dataset the batch drew from
+                self._workers[(stats["dataset"], stats.get("worker", 0))] = stats
             yield batch
             self.busy_s += time.perf_counter() - got
 

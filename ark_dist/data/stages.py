@@ -41,7 +41,8 @@ class Counters:
                             f"{self.samples + self.skipped}, data.bad_sample_fraction/bad_sample_min); last: {what}")
 
     def snapshot(self) -> dict:
-        return {"samples": self.samples, "skipped": self.skipped, "bytes": self.bytes, "shards": self.shards}
+        return {"dataset": self.dataset, "samples": self.samples, "skipped": self.skipped, "bytes": self.bytes,
+                "shards": self.shards}
 
 
 def resampled(shards: list[dict], rng: np.random.Generator) -> Iterator[dict]:
@@ -255,12 +256,12 @@ def batched(samples: Iterable[dict], size: int, counters: Counters, *, partial: 
         yield collate(chunk, counters)
 
 
-TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo")
+TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset")
 
 
 def collate(chunk: list[dict], counters: Counters) -> dict:
     batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}
     batch["ids"] = [s["facts"]["id"] for s in chunk]
     batch["valid"] = torch.ones(len(chunk), dtype=torch.bool)
-    batch["stats"] = counters.snapshot()
+    batch["stats"] = [counters.snapshot()]  # a list: an interleaved batch has one per dataset
     return batch

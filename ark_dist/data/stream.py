@@ -72,24 +72,82 @@ class TrainStream(IterableDataset):
         if todo <= 0:
             return
         done = len(range(slot, self.cursor.step, workers))
-        key = [self.seed, self.cursor.epoch, self.cursor.round, self.rank, slot, zlib.crc32(self.entry["name"].encode())]
-        rng = np.random.default_rng(key)
-        store = Store(self.config.store)  # built here: each loader process has its own client
         counters = _counters(self.entry, self.config)
-        shards = self.entry["splits"]["train"]["shards"]
-        stream = stages.tar_samples(stages.resampled(shards, rng), store, counters)
-        # A buffer larger than the split would only re-read the same shards before the first batch.
-        buffer = min(self.config.shuffle_buffer, self.entry["splits"]["train"]["num_samples"])
-        stream = stages.number(stages.shuffle(stream, buffer, rng))
-        stream = stages.skip(stream, done * self.batch_size)
-        stream = stages.decode(stream, self.config.views.load_size, counters)
-        stream = stages.label(stream, _policy(self.entry, self.config, self.seed))
-        stream = stages.views(stream, self.config.views, key)
+        stream = _train_samples(self.entry, self.config, seed=self.seed, cursor=self.cursor, rank=self.rank, slot=slot,
+                                skip=done * self.batch_size, counters=counters)
         for count, batch in enumerate(stages.batched(stream, self.batch_size, counters, partial=False)):
-            batch["stats"]["worker"] = slot
+            batch["stats"][0]["worker"] = slot
             yield batch
             if count + 1 == todo:
                 return
+
+
+def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor, rank: int, slot: int, skip: int,
+                   counters: stages.Counters):
+    """One dataset's training samples for a loader slot, views drawn, the first `skip` dropped
+    undecoded. Keyed by (seed, epoch, round, rank, slot, dataset)."""
+    key = [seed, cursor.epoch, cursor.round, rank, slot, zlib.crc32(entry["name"].encode())]
+    rng = np.random.default_rng(key)
+    store = Store(config.store)  # built here: each loader process has its own client
+    shards = entry["splits"]["train"]["shards"]
+    stream = stages.tar_samples(stages.resampled(shards, rng), store, counters)
+    # A buffer larger than the split would only re-read the same shards before the first batch.
+    buffer = min(config.shuffle_buffer, entry["splits"]["train"]["num_samples"])
+    stream = stages.number(stages.shuffle(stream, buffer, rng))
+    stream = stages.skip(stream, skip)
+    stream = stages.decode(stream, config.views.load_size, counters)
+    stream = stages.label(stream, _policy(entry, config, seed))
+    return stages.views(stream, config.views, key)
+
+
+class MixedStream(IterableDataset):
+    """The interleaved schedule: `num_batches` batches in which every sample comes from a dataset
+    drawn with probability `weights[d]` (each dataset's own stream underneath, as in `TrainStream`).
+
+    Targets and masks are laid side by side in the union label space (dataset d at
+    `offsets[d]:offsets[d] + K_d`, masked elsewhere) and `dataset` (B,) names each sample's head.
+    The draws are keyed like the streams, so a resumed stream replays them and skips, per dataset,
+    exactly the samples the uninterrupted one consumed."""
+
+    def __init__(self, *, entries: list[dict], weights: list[float], config: DataConfig, seed: int, cursor: Cursor,
+                 rank: int, batch_size: int, num_batches: int):
+        self.entries, self.config, self.seed, self.cursor = entries, config, seed, cursor
+        self.rank, self.batch_size, self.num_batches = rank, batch_size, num_batches
+        total = float(sum(weights))
+        self.weights = np.array(weights, dtype=np.float64) / total
+        self.sizes = [len(e["labels"]) for e in entries]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
+
+    def __iter__(self):
+        worker, workers = _worker()
+        slot = (self.cursor.step + worker) % workers
+        todo = len(range(slot, self.num_batches, workers)) - len(range(slot, self.cursor.step, workers))
+        if todo <= 0:
+            return
+        done = len(range(slot, self.cursor.step, workers))
+        chooser = np.random.default_rng([self.seed, self.cursor.epoch, self.rank, slot, zlib.crc32(b"interleaved")])
+        consumed = np.zeros(len(self.entries), dtype=np.int64)
+        for _ in range(done):  # replay the draws of the batches already trained on
+            consumed += np.bincount(self._draw(chooser), minlength=len(self.entries))
+        counters = [_counters(e, self.config) for e in self.entries]
+        streams = [_train_samples(e, self.config, seed=self.seed, cursor=self.cursor, rank=self.rank, slot=slot,
+                                  skip=int(consumed[d]), counters=counters[d]) for d, e in enumerate(self.entries)]
+        width = self.offsets[-1]
+        for _ in range(todo):
+            chunk = []
+            for d in self._draw(chooser):
+                sample = next(streams[d])
+                target, mask = torch.zeros(width), torch.zeros(width)
+                target[self.offsets[d]:self.offsets[d + 1]] = sample["target"]
+                mask[self.offsets[d]:self.offsets[d + 1]] = sample["mask"]
+                sample.update(target=target, mask=mask, dataset=torch.tensor(d))
+                chunk.append(sample)
+            batch = stages.collate(chunk, counters[0])
+            batch["stats"] = [{**c.snapshot(), "worker": slot} for c in counters]
+            yield batch
+
+    def _draw(self, chooser: np.random.Generator) -> np.ndarray:
+        return chooser.choice(len(self.entries), size=self.batch_size, p=self.weights)
 
 
 def _eval_plan(entry: dict, split: str, *, workers: int) -> list[list[tuple[dict, int]]]:
@@ -150,6 +208,19 @@ def train_loader(*, entry: dict, config: DataConfig, seed: int, cursor: Cursor, 
     steps = round_steps(entry, global_batch=global_batch, max_steps=config.max_steps_per_round)
     stream = TrainStream(entry=entry, config=config, seed=seed, cursor=cursor, rank=rank,
                          batch_size=global_batch // world, num_batches=steps)
+    return make_loader(stream, config)
+
+
+def mixed_loader(*, entries: list[dict], config: DataConfig, seed: int, cursor: Cursor, rank: int, world: int,
+                 global_batch: int) -> DataLoader:
+    """The rank's loader for one interleaved epoch: as many steps as the cyclic rounds of an epoch
+    together, each dataset drawn in proportion to its (capped) round, so an epoch shows every
+    dataset as many images as the cyclic schedule does."""
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} does not split evenly over {world} ranks")
+    steps = [round_steps(e, global_batch=global_batch, max_steps=config.max_steps_per_round) for e in entries]
+    stream = MixedStream(entries=entries, weights=steps, config=config, seed=seed, cursor=cursor, rank=rank,
+                         batch_size=global_batch // world, num_batches=sum(steps))
     return make_loader(stream, config)
 
 

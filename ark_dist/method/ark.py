@@ -45,6 +45,26 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ta
     return (per_label * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def mixed_task_loss(logits: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
+                    dataset: torch.Tensor, heads: list[tuple[str, str]]) -> torch.Tensor:
+    """The interleaved schedule's task loss: every head computed on the whole batch, each sample
+    counted by its own head only. target/mask: (B, sum K) in the union label space (head d at its
+    offset, in `heads` order), dataset: (B,) head index. Head d's masked mean is weighted by its
+    share of the batch, so a batch of one dataset gives exactly `task_loss`; a head without
+    samples contributes a zero that still reaches its parameters (every rank runs every head,
+    as ZeRO's collectives require)."""
+    total = logits[heads[0][0]].new_zeros((), dtype=torch.float32)
+    offset = 0
+    for d, (name, task) in enumerate(heads):
+        width = logits[name].shape[1]
+        rows = (dataset == d).to(mask.dtype)  # (B,)
+        head_mask = mask[:, offset:offset + width] * rows[:, None]
+        share = rows.sum() / len(rows)
+        total = total + share * task_loss(logits[name], target[:, offset:offset + width], head_mask, task)
+        offset += width
+    return total
+
+
 def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between the projections (B, D); `valid` (B,) excludes padding rows."""
     error = (student.float() - teacher.float()).pow(2).mean(dim=1)

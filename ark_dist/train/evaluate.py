@@ -60,8 +60,9 @@ def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, dat
         views = render_eval(batch["image"].to(device), data_config.views)  # (B, V, 3, S, S)
         b, v = views.shape[:2]
         valid = batch["valid"].numpy()
-        for name, model in models.items():
-            logits = model(views.flatten(0, 1).to(dtype), heads=[entry["name"]]).logits[entry["name"]]
+        for name, model in models.items():  # fp32 inputs; autocast runs bf16/fp16 students and fp32 teachers alike
+            with torch.autocast(views.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(views.flatten(0, 1), heads=[entry["name"]]).logits[entry["name"]]
             logits = logits.float().view(b, v, -1)
             probs = torch.softmax(logits, -1) if entry["task"] == "multiclass" else torch.sigmoid(logits)
             collected[name].append(probs.mean(1).cpu().numpy()[valid])  # ten-crop: mean over views

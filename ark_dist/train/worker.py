@@ -1,4 +1,4 @@
-"""The per-worker training function that Ray Train runs on every rank (cyclic Ark schedule).
+"""The per-worker training function that Ray Train runs on every rank (cyclic or interleaved).
 
 Every rank executes the same sequence of collectives: same rounds, same number of steps
 (from the manifest), same checkpoints and evaluations.
@@ -15,15 +15,18 @@ import torch
 
 from ark_dist.config import Config, to_dict
 from ark_dist.configtree import from_dict
-from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, read_manifest, render, train_loader
-from ark_dist.method import consistency, consistency_loss, ema_update, make_teacher, momentum, task_loss
+from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, mixed_loader, read_manifest, train_loader
+from ark_dist.method import consistency, ema_update, make_teacher, momentum
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.train import engine as engines
 from ark_dist.train.evaluate import evaluate
 from ark_dist.train.schedule import steps_per_round
+from ark_dist.train.step import ark_loss
 
 TEACHER = "teacher.safetensors"
+STUDENT = "student.safetensors"
 STATE = "state.json"
+HISTORY = "metrics.jsonl"  # every round's metrics so far: a checkpoint carries the run's whole story
 
 
 def teacher_digest(teacher: torch.nn.Module) -> str:
@@ -33,6 +36,11 @@ def teacher_digest(teacher: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state as contiguous CPU tensors (what safetensors stores)."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
 class Run:
@@ -46,22 +54,29 @@ class Run:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
-        manifest = read_manifest(Store(cfg.data.store))
+        store = Store(cfg.data.store)
+        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
+        manifest = read_manifest(store)
         self.entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
+        self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order, saved with every checkpoint
         torch.manual_seed(cfg.train.seed)  # identical initial student (and so teacher) on every rank
         model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in self.entries})
         if cfg.model.pretrained:
             load_pretrained(model, cfg.model.pretrained, log=self.log)
         self.teacher = make_teacher(model).to(self.device)  # before the engine wraps the student
-        self.steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch,
-                                     max_steps=cfg.data.max_steps_per_round)
+        # Rounds of an epoch and their steps: one round per dataset (cyclic, Ark), or one round
+        # of all datasets mixed, as long as the cyclic rounds together (interleaved).
+        self.interleaved = cfg.method.schedule == "interleaved"
+        steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
+        self.steps = [sum(steps)] if self.interleaved else steps
         self.total_steps = cfg.train.epochs * sum(self.steps)
-        self.total_rounds = cfg.train.epochs * len(self.entries)
+        self.total_rounds = cfg.train.epochs * len(self.steps)
         self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
         self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=self.total_steps,
                                     warmup_steps=int(cfg.optim.warmup_epochs * sum(self.steps)))
         self.cursor = Cursor()
         self.meter = DataMeter()
+        self.history: list[dict] = []
 
     def log(self, line: str) -> None:
         if self.rank == 0:
@@ -69,16 +84,22 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, cursor: Cursor, metrics: dict) -> None:
-        """Every rank saves its engine shard and reports; rank 0 adds the teacher and the cursor."""
+        """Every rank saves its engine shard and reports; rank 0 adds the teacher, the student's
+        whole weights (for export), the cursor, the label spaces and the resolved config."""
         import ray.train
         from safetensors.torch import save_file
 
         with tempfile.TemporaryDirectory() as folder:
             self.engine.save_checkpoint(folder, tag="engine")
+            with engines.gathered_parameters(self.engine):  # every rank enters; rank 0 writes
+                if self.rank == 0:
+                    save_file(tensors(self.engine.module), f"{folder}/{STUDENT}")
             if self.rank == 0:
-                save_file({k: v.contiguous().cpu() for k, v in self.teacher.state_dict().items()}, f"{folder}/{TEACHER}")
-                state = {"cursor": cursor.__dict__, "config": to_dict(self.cfg)}
+                save_file(tensors(self.teacher), f"{folder}/{TEACHER}")
+                state = {"cursor": cursor.__dict__, "labels": self.labels, "manifest_sha256": self.manifest_sha256,
+                         "config": to_dict(self.cfg)}
                 Path(folder, STATE).write_text(json.dumps(state, indent=1))
+                Path(folder, HISTORY).write_text("".join(json.dumps(row) + "\n" for row in self.history))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def restore(self) -> None:
@@ -92,8 +113,14 @@ class Run:
             loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
             if loaded is None:  # DeepSpeed only warns when it finds nothing to load
                 raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
+            state = json.loads(Path(folder, STATE).read_text())
+            if state.get("labels", self.labels) != self.labels:
+                raise ValueError(f"checkpoint {checkpoint.path}: its label spaces differ from the manifest's "
+                                 f"(checkpoint {state['labels']}, manifest {self.labels}); start a new run name")
             self.teacher.load_state_dict(load_file(f"{folder}/{TEACHER}"))
-            self.cursor = Cursor(**json.loads(Path(folder, STATE).read_text())["cursor"])
+            self.cursor = Cursor(**state["cursor"])
+            history = Path(folder, HISTORY)
+            self.history = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
         self.log(f"resumed at epoch {self.cursor.epoch}, round {self.cursor.round}, step {self.cursor.step}")
 
     # -- training ------------------------------------------------------------------------------
@@ -101,40 +128,47 @@ class Run:
         with engines.gathered_parameters(self.engine):
             ema_update(self.teacher.parameters(), self.engine.module.parameters(), m)
 
+    def round_heads(self, index: int) -> list[tuple[str, str]]:
+        """(dataset, task) of the heads a round trains: one per cyclic round, all when interleaved."""
+        entries = self.entries if self.interleaved else [self.entries[index]]
+        return [(e["name"], e["task"]) for e in entries]
+
+    def loader(self, cursor: Cursor):
+        common = dict(config=self.cfg.data, seed=self.cfg.train.seed, cursor=cursor, rank=self.rank, world=self.world,
+                      global_batch=self.cfg.train.global_batch)
+        if self.interleaved:
+            return mixed_loader(entries=self.entries, **common)
+        return train_loader(entry=self.entries[cursor.round], **common)
+
     def train_round(self, epoch: int, index: int, start: int) -> dict:
-        cfg, entry = self.cfg, self.entries[index]
-        name, size = entry["name"], cfg.data.views.image_size
-        done_rounds = epoch * len(self.entries) + index
+        cfg = self.cfg
+        heads = self.round_heads(index)
+        done_rounds = epoch * len(self.steps) + index
         c = consistency(cfg.method, done_rounds, self.total_rounds)
-        loader = train_loader(entry=entry, config=cfg.data, seed=cfg.train.seed, cursor=Cursor(epoch, index, start),
-                              rank=self.rank, world=self.world, global_batch=cfg.train.global_batch)
-        losses = []
-        for step, batch in enumerate(self.meter.wrap(loader, name), start=start):
+        losses, tasks = [], []
+        for step, batch in enumerate(self.meter.wrap(self.loader(Cursor(epoch, index, start))), start=start):
             global_step = sum(self.steps) * epoch + sum(self.steps[:index]) + step
             # Stochastic depth draws from torch's generator: seed it from the cursor, so a resumed
             # run draws what the uninterrupted one did (no RNG state to carry in checkpoints).
             torch.manual_seed(hash((cfg.train.seed, global_step, self.rank)) % 2**63)
-            images = batch["image"].to(self.device, non_blocking=True)
-            student_in = render(images, batch["theta_student"].to(self.device), size, batch["photo"].to(self.device))
-            teacher_in = render(images, batch["theta_teacher"].to(self.device), size)
-            out = self.engine(student_in.to(self.dtype), heads=[name])
-            with torch.no_grad():
-                target_proj = self.teacher(teacher_in, heads=[]).projection
-            task = task_loss(out.logits[name], batch["target"].to(self.device), batch["mask"].to(self.device), entry["task"])
-            loss = (1 - c) * task + c * consistency_loss(out.projection, target_proj)
+            loss, task = ark_loss(self.engine, self.teacher, batch, heads=heads, c=c, size=cfg.data.views.image_size,
+                                  dtype=self.dtype, device=self.device)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.item())
+            tasks.append(task.item())
             if cfg.method.ema == "step":
                 self.update_teacher(momentum(cfg.method, global_step + 1, self.total_steps))
             if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
                 self.save(Cursor(epoch, index, step + 1), {"loss": loss.item(), "epoch": epoch, "round": index})
         if cfg.method.ema == "round":
             self.update_teacher(momentum(cfg.method, done_rounds + 1, self.total_rounds))
-        metrics = {f"loss/{name}": sum(losses) / max(len(losses), 1), "consistency/coef": c,
-                   "ema/momentum": momentum(cfg.method, done_rounds + 1, self.total_rounds),
-                   "lr": self.engine.get_lr()[0], "epoch": epoch, "round": index, **self.meter.metrics()}
-        return metrics
+        name = "interleaved" if self.interleaved else heads[0][0]
+        ema_m = (momentum(cfg.method, done_rounds + 1, self.total_rounds) if cfg.method.ema == "round"
+                 else momentum(cfg.method, sum(self.steps) * epoch + sum(self.steps[:index + 1]), self.total_steps))
+        return {f"loss/{name}": sum(losses) / max(len(losses), 1), f"loss/task/{name}": sum(tasks) / max(len(tasks), 1),
+                "consistency/coef": c, "ema/momentum": ema_m, "lr": self.engine.get_lr()[0], "epoch": epoch,
+                "round": index, **self.meter.metrics()}
 
     def evaluate(self) -> dict:
         out = {}
@@ -161,16 +195,17 @@ class Run:
         cfg = self.cfg
         for epoch in range(self.cursor.epoch, cfg.train.epochs):
             first = self.cursor.round if epoch == self.cursor.epoch else 0
-            for index in range(first, len(self.entries)):
+            for index in range(first, len(self.steps)):
                 start = self.cursor.step if (epoch, index) == (self.cursor.epoch, self.cursor.round) else 0
                 metrics = self.train_round(epoch, index, start)
                 digests = [None] * self.world
                 dist.all_gather_object(digests, teacher_digest(self.teacher))
                 metrics["teacher/ranks_identical"] = float(len(set(digests)) == 1)
-                if index == len(self.entries) - 1 and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+                if index == len(self.steps) - 1 and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
                     metrics.update(self.evaluate())
-                following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.entries) else Cursor(epoch, index + 1, 0)
+                following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.steps) else Cursor(epoch, index + 1, 0)
                 self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                self.history.append({"step": sum(self.steps) * epoch + sum(self.steps[:index + 1]), **metrics})
                 self.save(following, metrics)
 
 

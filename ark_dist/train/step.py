@@ -1,0 +1,31 @@
+"""The Ark step's forward half, shared by the trainer and `bench step`: views rendered on the
+device, the student on its dataset's head (or every head, interleaved), the teacher's projection
+without gradients, and `(1 - c) task + c MSE(projections)`. No Ray, no DeepSpeed."""
+
+from __future__ import annotations
+
+import torch
+
+from ark_dist.data import render
+from ark_dist.method import consistency_loss, mixed_task_loss, task_loss
+
+
+def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tuple[str, str]], c: float, size: int,
+             dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (loss, task loss). `heads`: (dataset, task) pairs; one for a cyclic round's batch, all
+    of them (in union-label order) for an interleaved batch, which carries `dataset` (B,).
+    `student` may be a DeepSpeed engine (its module in `dtype`) or a plain module under autocast."""
+    images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
+    student_in = render(images, batch["theta_student"].to(device), size, batch["photo"].to(device))  # (B, 3, S, S)
+    teacher_in = render(images, batch["theta_teacher"].to(device), size)
+    target, mask = batch["target"].to(device), batch["mask"].to(device)
+    mixed = "dataset" in batch
+    out = student(student_in.to(dtype), heads=[name for name, _ in heads] if not mixed else None)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        target_proj = teacher(teacher_in, heads=[]).projection  # the fp32 teacher, at the student's precision
+    if mixed:
+        task = mixed_task_loss(out.logits, target, mask, batch["dataset"].to(device), heads)
+    else:
+        (name, kind), = heads
+        task = task_loss(out.logits[name], target, mask, kind)
+    return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
