@@ -1,9 +1,11 @@
 """ark-dist's one entry point.
 
     python launch.py train --config FILE [key=value ...] [--dry-run]   Ark on Ray Train + DeepSpeed
+    python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
     python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
+    python launch.py bench step [...]         the Ark step on Ray + DeepSpeed against a plain AMP loop
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.train.cli import main as train_main
 
         return train_main(rest)
+    if command == "export":
+        from ark_dist.export import main as export_main
+
+        return export_main(rest)
     if command == "shards":
         from shards.cli import main as shards_main
 
@@ -32,6 +38,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.data.bench import main as bench_data
 
         return bench_data(rest[1:])
+    if command == "bench" and rest[:1] == ["step"]:
+        from ark_dist.train.bench import main as bench_step
+
+        return bench_step(rest[1:])
     print(f"error: unknown command {' '.join(argv[:2])!r}; see `python launch.py --help`", file=sys.stderr)
     return 2
 

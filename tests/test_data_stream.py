@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ark_dist.data import (Cursor, DataConfig, DataError, EvalLoader, Store, StoreConfig, dataset_entry,
-                           read_manifest, round_steps, train_loader)
+                           mixed_loader, read_manifest, round_steps, train_loader)
 from ark_dist.data.config import ViewConfig
 from shards.samples import write_tar
 
@@ -87,6 +87,73 @@ def test_resume_yields_the_same_next_batches(data_store, start):
     assert all(_same(a, b) for a, b in zip(full[start:], resumed))
     other = _batches(train_loader(cursor=Cursor(epoch=4, round=1, step=0), **args))
     assert not all(_same(a, b) for a, b in zip(full, other)), "another epoch draws other batches"
+
+
+MIXED = ["chexpert", "vindr_cxr", "rsna_pneumonia"]
+
+
+def _train_labels(config, entry) -> dict:
+    """id -> (target, mask) of every train sample, read in order by the evaluation stream."""
+    truth = {}
+    for b in EvalLoader(entry=entry, config=config, split="train", seed=0, rank=0, world=1, batch_size=100):
+        truth.update({i: (t, m) for i, t, m in zip(b["ids"], b["target"], b["mask"])})
+    return truth
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interleaved_batches_mix_datasets_in_the_union_label_space(data_store, workers):
+    config = _config(data_store, num_workers=workers)
+    entries = [_entry(config, n) for n in MIXED]
+    steps = [round_steps(e, global_batch=4, max_steps=None) for e in entries]
+    widths = [len(e["labels"]) for e in entries]
+    offsets = [0, widths[0], widths[0] + widths[1], sum(widths)]
+    ids = [set(_train_labels(config, e)) for e in entries]
+    seen = set()
+    for rank in (0, 1):
+        batches = list(mixed_loader(entries=entries, config=config, seed=2, cursor=Cursor(), rank=rank, world=2,
+                                    global_batch=4))
+        assert len(batches) == sum(steps), "an interleaved epoch is as long as the cyclic rounds together"
+        for b in batches:
+            assert b["target"].shape == b["mask"].shape == (2, sum(widths)) and b["dataset"].shape == (2,)
+            for row, d in enumerate(b["dataset"].tolist()):
+                assert b["ids"][row] in ids[d]
+                outside = torch.ones(sum(widths), dtype=torch.bool)
+                outside[offsets[d]:offsets[d + 1]] = False
+                assert not b["mask"][row, outside].any() and not b["target"][row, outside].any()
+                assert b["mask"][row, offsets[d]:offsets[d + 1]].any()
+                seen.add(d)
+            assert {s["dataset"] for s in b["stats"]} == set(MIXED)
+    assert seen == {0, 1, 2}
+
+
+def test_interleaved_labels_equal_the_single_dataset_stream(data_store):
+    """A sample's slice of the union target is what its own dataset's stream gives it."""
+    config = _config(data_store, num_workers=0)
+    entries = [_entry(config, n) for n in MIXED]
+    mixed = list(mixed_loader(entries=entries, config=config, seed=0, cursor=Cursor(), rank=0, world=1, global_batch=4))
+    offsets = [0]
+    for e in entries:
+        offsets.append(offsets[-1] + len(e["labels"]))
+    for d, entry in enumerate(entries):
+        truth = _train_labels(config, entry)
+        for b in mixed:
+            for row in (b["dataset"] == d).nonzero().flatten().tolist():
+                target, mask = truth[b["ids"][row]]
+                assert torch.equal(b["mask"][row, offsets[d]:offsets[d + 1]], mask)
+                assert torch.equal(b["target"][row, offsets[d]:offsets[d + 1]], target)
+
+
+@pytest.mark.parametrize("start", [1, 4])
+def test_interleaved_resume_yields_the_same_next_batches(data_store, start):
+    config = _config(data_store, num_workers=2)
+    entries = [_entry(config, n) for n in MIXED]
+    args = dict(entries=entries, config=config, seed=5, rank=1, world=2, global_batch=4)
+    full = list(mixed_loader(cursor=Cursor(epoch=2, round=0, step=0), **args))
+    resumed = list(mixed_loader(cursor=Cursor(epoch=2, round=0, step=start), **args))
+    assert len(resumed) == len(full) - start
+    for a, b in zip(full[start:], resumed):
+        assert a["ids"] == b["ids"] and torch.equal(a["dataset"], b["dataset"])
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "target", "mask", "theta_student", "photo"))
 
 
 def test_corrupt_samples_are_skipped_counted_and_budgeted(data_store, tmp_path):

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from ark_dist.method import MethodConfig, consistency, ema_update, make_teacher, momentum, task_loss
+from ark_dist.method import (MethodConfig, consistency, ema_update, make_teacher, mixed_task_loss, momentum,
+                             task_loss)
 from ark_dist.model import ArkModel, ModelConfig, load_pretrained
 
 TINY = {"embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4, "img_size": 64}
@@ -59,6 +60,31 @@ def test_masked_task_loss_equals_the_mean_over_unmasked_labels():
     half = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     assert task_loss(ce_logits, onehot, half, "multiclass") == pytest.approx(
         torch.nn.functional.cross_entropy(ce_logits[:1], torch.tensor([1])).item())
+
+
+def test_interleaved_loss_counts_each_sample_by_its_own_head():
+    torch.manual_seed(0)
+    logits = {"a": torch.randn(4, 2), "b": torch.randn(4, 3)}
+    target = torch.zeros(4, 5)
+    mask = torch.zeros(4, 5)
+    dataset = torch.tensor([0, 1, 0, 1])
+    target[0, :2], target[2, :2] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    mask[[0, 2], :2] = 1.0
+    target[1, 2:], target[3, 2:] = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0])
+    mask[[1, 3], 2:] = 1.0
+    heads = [("a", "multilabel"), ("b", "multiclass")]
+    got = mixed_task_loss(logits, target, mask, dataset, heads)
+    a = task_loss(logits["a"][[0, 2]], target[[0, 2], :2], torch.ones(2, 2), "multilabel")
+    b = task_loss(logits["b"][[1, 3]], target[[1, 3], 2:], torch.ones(2, 3), "multiclass")
+    assert got == pytest.approx((0.5 * a + 0.5 * b).item())
+    single = torch.zeros(4, dtype=torch.long)  # a batch of one dataset: exactly its task loss
+    full_mask = torch.zeros(4, 5)
+    full_mask[:, :2] = 1.0
+    assert mixed_task_loss(logits, target, full_mask, single, heads) == pytest.approx(
+        task_loss(logits["a"], target[:, :2], torch.ones(4, 2), "multilabel").item())
+    logits = {k: v.clone().requires_grad_() for k, v in logits.items()}
+    mixed_task_loss(logits, target, full_mask, single, heads).backward()
+    assert logits["b"].grad is not None and not logits["b"].grad.any(), "a head without samples gets a zero gradient"
 
 
 def test_teacher_starts_as_a_frozen_copy_and_follows_the_ema():

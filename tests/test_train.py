@@ -13,13 +13,16 @@ from ark_dist.train.schedule import lr_at
 from conftest import run_shards
 
 DATASETS = ["chexpert", "rsna_pneumonia", "shenzhen"]
+ALL = ["mimic_cxr", "chexpert", "chestxray14", "rsna_pneumonia", "vindr_cxr", "shenzhen"]
+EPOCHS = 4
+SIX = [f"data.datasets=[{', '.join(ALL)}]", f"train.epochs={EPOCHS}", "train.eval_every=2"]
 TINY = "{embed_dim: 24, depths: [1, 1], num_heads: [1, 2], window_size: 4, img_size: 64}"
 
 
 @pytest.fixture(scope="module")
 def tiny_store(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("trainstore")
-    for source in DATASETS:
+    for source in ALL:
         code, _, err = run_shards("build", "--source", source, "--root", synth_root / source, "--out", out, "--quiet",
                                   "--workers", "1", "--samples-per-shard", "4", "--max-side", "64")
         assert code == 0, err
@@ -51,25 +54,86 @@ def test_lr_schedule_matches_its_formula():
         assert lr_at(step, total=100, warmup=10, lr=0.3, min_lr=1e-5) == pytest.approx(expected)
 
 
-@pytest.mark.slow
-def test_two_workers_train_evaluate_and_checkpoint(tiny_store, tmp_path, ray_cluster):
+def _history(result) -> list[dict]:
+    """Every round's metrics, as carried by the run's final checkpoint."""
+    text = (Path(result.checkpoint.path) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def six_datasets(tiny_store, tmp_path_factory, ray_cluster):
+    """A 2-worker run over all six datasets (ZeRO 0, fp32): the reference other runs compare to."""
     from ark_dist.train.run import fit
 
-    result = fit(tiny_config(tiny_store, tmp_path / "runs", "two"))
-    assert result.error is None
-    metrics = result.metrics
-    assert metrics["teacher/ranks_identical"] == 1.0
-    assert metrics["epoch"] == 1 and metrics["round"] == len(DATASETS) - 1
-    for name in DATASETS:
+    result = fit(tiny_config(tiny_store, tmp_path_factory.mktemp("runs"), "six", *SIX))
+    assert result.error is None, result.error
+    return result
+
+
+@pytest.mark.slow
+def test_two_workers_train_all_six_datasets_evaluate_and_checkpoint(six_datasets):
+    metrics, history = six_datasets.metrics, _history(six_datasets)
+    assert len(history) == EPOCHS * len(ALL) and all(row["teacher/ranks_identical"] == 1.0 for row in history)
+    assert metrics["epoch"] == EPOCHS - 1 and metrics["round"] == len(ALL) - 1
+    for name in ALL:
         for model in ("student", "teacher"):
-            assert f"auc/test/{name}/{model}" in metrics
+            assert 0.0 <= metrics[f"auc/test/{name}/{model}"] <= 1.0 or math.isnan(metrics[f"auc/test/{name}/{model}"])
     assert 0.0 <= metrics["auc5/test/chexpert/teacher"] <= 1.0
     assert metrics["ema/momentum"] == pytest.approx(1.0) and metrics["lr"] == pytest.approx(1e-5)
-    folder = Path(result.checkpoint.path)
+    first = sum(row[f"loss/task/{row_name(row)}"] for row in history[:len(ALL)]) / len(ALL)
+    last = sum(row[f"loss/task/{row_name(row)}"] for row in history[-len(ALL):]) / len(ALL)
+    assert last < first, f"the task loss did not fall: first epoch {first:.4f}, last {last:.4f}"
+    rounds = [(row["epoch"], row["round"]) for row in history]
+    assert rounds == [(e, r) for e in range(EPOCHS) for r in range(len(ALL))]
+    folder = Path(six_datasets.checkpoint.path)
     state = json.loads((folder / "state.json").read_text())
-    assert state["cursor"] == {"epoch": 2, "round": 0, "step": 0}
-    assert (folder / "teacher.safetensors").is_file() and (folder / "engine").is_dir()
-    assert state["config"]["data"]["datasets"] == DATASETS
+    assert state["cursor"] == {"epoch": EPOCHS, "round": 0, "step": 0}
+    assert list(state["labels"]) == ALL and len(state["manifest_sha256"]) == 64
+    assert (folder / "teacher.safetensors").is_file() and (folder / "student.safetensors").is_file()
+    assert (folder / "engine").is_dir() and state["config"]["data"]["datasets"] == ALL
+
+
+def row_name(row: dict) -> str:
+    return ALL[row["round"]]
+
+
+@pytest.mark.slow
+def test_zero3_gathers_the_teacher_update_like_zero0(tiny_store, tmp_path, ray_cluster):
+    """ZeRO-3 shards the student, so the EMA must read gathered parameters; ZeRO-0 keeps them
+    whole. Same seed and data: the teachers agree to float tolerance, and each is bitwise equal
+    across ranks after every update."""
+    from safetensors.torch import load_file
+
+    from ark_dist.train.run import fit
+
+    teachers = {}
+    for stage in (0, 3):
+        result = fit(tiny_config(tiny_store, tmp_path / "runs", f"zero{stage}", f"engine.zero_stage={stage}"))
+        assert result.error is None, result.error
+        assert all(row["teacher/ranks_identical"] == 1.0 for row in _history(result))
+        teachers[stage] = load_file(Path(result.checkpoint.path) / "teacher.safetensors")
+        student = load_file(Path(result.checkpoint.path) / "student.safetensors")
+        moved = max((teachers[stage][k] - student[k]).abs().max().item() for k in student)
+        assert moved > 1e-3, "the student's gathered weights were saved (not the teacher again)"
+    assert teachers[0].keys() == teachers[3].keys()
+    worst = max((teachers[0][k] - teachers[3][k]).abs().max().item() for k in teachers[0])
+    assert worst < 1e-4, f"the ZeRO-3 teacher differs from the ZeRO-0 one by {worst}"
+
+
+@pytest.mark.slow
+def test_interleaved_schedule_on_zero2(tiny_store, tmp_path, ray_cluster):
+    """All datasets mixed in every batch, every head computed and masked per sample (ranks draw
+    different datasets in one step: ZeRO-2 would hang or fail without the masking); EMA per step."""
+    from ark_dist.train.run import fit
+
+    result = fit(tiny_config(tiny_store, tmp_path / "runs", "mixed", "method.schedule=interleaved",
+                             "method.ema=step", "engine.zero_stage=2", "train.epochs=2"))
+    assert result.error is None, result.error
+    history = _history(result)
+    assert [(row["epoch"], row["round"]) for row in history] == [(0, 0), (1, 0)]
+    assert all(row["teacher/ranks_identical"] == 1.0 for row in history)
+    assert all(f"auc/test/{name}/teacher" in result.metrics for name in DATASETS)
+    assert "loss/interleaved" in result.metrics and result.metrics["ema/momentum"] == pytest.approx(1.0)
 
 
 def test_dry_run_and_bad_config_are_one_line(tiny_store, capsys):

@@ -12,20 +12,23 @@ from ark_dist.method import consistency_loss, mixed_task_loss, task_loss
 
 def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tuple[str, str]], c: float, size: int,
              dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (loss, task loss). `heads`: (dataset, task) pairs; one for a cyclic round's batch, all
+    """-> (loss, task loss). `heads`: (dataset, task) pairs; the round's one for a cyclic batch, all
     of them (in union-label order) for an interleaved batch, which carries `dataset` (B,).
     `student` may be a DeepSpeed engine (its module in `dtype`) or a plain module under autocast."""
     images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
     student_in = render(images, batch["theta_student"].to(device), size, batch["photo"].to(device))  # (B, 3, S, S)
     teacher_in = render(images, batch["theta_teacher"].to(device), size)
     target, mask = batch["target"].to(device), batch["mask"].to(device)
-    mixed = "dataset" in batch
-    out = student(student_in.to(dtype), heads=[name for name, _ in heads] if not mixed else None)
+    # Every head runs every step, also in a cyclic round: the heads a round does not train get an
+    # exact zero gradient on every ZeRO stage alike (SGD momentum keeps moving them, as in Ark under
+    # torch 1.x, whose zero_grad kept zero tensors), and ZeRO-3 sees the same modules each step.
+    out = student(student_in.to(dtype))
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         target_proj = teacher(teacher_in, heads=[]).projection  # the fp32 teacher, at the student's precision
-    if mixed:
+    if "dataset" in batch:  # interleaved: each sample to its own head
         task = mixed_task_loss(out.logits, target, mask, batch["dataset"].to(device), heads)
     else:
         (name, kind), = heads
-        task = task_loss(out.logits[name], target, mask, kind)
+        idle = sum(logits.sum() for other, logits in out.logits.items() if other != name)
+        task = task_loss(out.logits[name], target, mask, kind) + 0.0 * idle
     return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
