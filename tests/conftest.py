@@ -106,3 +106,18 @@ def data_store(synth_root, tmp_path_factory) -> Path:
                                   "--quiet", "--workers", "1", "--samples-per-shard", per_shard, "--max-side", "96")
         assert code == 0, err
     return out
+
+
+ARK6 = ["mimic_cxr", "chexpert", "chestxray14", "rsna_pneumonia", "vindr_cxr", "shenzhen"]
+TINY_SWIN = {"embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4, "img_size": 64}
+
+
+@pytest.fixture(scope="session")
+def six_store(synth_root, tmp_path_factory) -> Path:
+    """A local store with all six datasets (64-pixel images, 4 samples per shard) for training tests."""
+    out = tmp_path_factory.mktemp("sixstore")
+    for source in ARK6:
+        code, _, err = run_shards("build", "--source", source, "--root", synth_root / source, "--out", out, "--quiet",
+                                  "--workers", "1", "--samples-per-shard", "4", "--max-side", "64")
+        assert code == 0, err
+    return out
