@@ -41,6 +41,7 @@ class EngineConfig:
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 on GPUs
     grad_accum: int = 1
+    compile: bool = False  # torch.compile the student (DeepSpeed's engine.compile) and the teacher; GPUs, ZeRO 0-2
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.cpus_per_worker < 1 or self.grad_accum < 1:

@@ -22,17 +22,29 @@ def preflight(cfg: Config) -> None:
         dataset_entry(manifest, name)
 
 
+def start_ray() -> bool:
+    """Join the cluster at RAY_ADDRESS, or start a local one; False when Ray was already up.
+    Workers import ark_dist from this checkout wherever the driver's working folder is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    code = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    return True
+
+
 def fit(cfg: Config, *, max_failures: int = 3):
     """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ark_dist.train.worker import train_loop
 
     preflight(cfg)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    start_ray()
     engine = cfg.engine
     resources = {"CPU": engine.cpus_per_worker, **({"GPU": 1} if engine.use_gpu else {})}
     trainer = TorchTrainer(

@@ -74,6 +74,8 @@ class Run:
         self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
         self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=self.total_steps,
                                     warmup_steps=int(cfg.optim.warmup_epochs * sum(self.steps)))
+        if cfg.engine.compile:
+            engines.compile_models(self.engine, self.teacher)
         self.cursor = Cursor()
         self.meter = DataMeter()
         self.history: list[dict] = []
