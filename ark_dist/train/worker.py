@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from ark_dist.train.evaluate import evaluate
 from ark_dist.train.schedule import steps_per_round
 from ark_dist.train.step import ark_loss
 
+# Ray Train's print patch would show a worker's print() twice on the driver; a logger shows it once
+# (and lands in Ray Train's per-worker log files).
+LOG = logging.getLogger("ark_dist")
+LOG.setLevel(logging.INFO)
 TEACHER = "teacher.safetensors"
 STUDENT = "student.safetensors"
 STATE = "state.json"
@@ -82,7 +87,7 @@ class Run:
 
     def log(self, line: str) -> None:
         if self.rank == 0:
-            print(f"[ark-dist] {line}", flush=True)
+            LOG.info("[ark-dist] %s", line)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, cursor: Cursor, metrics: dict) -> None:
