@@ -159,6 +159,7 @@ def _ark_dist_worker(spec: dict) -> None:
     from ark_dist.train import engine as engines
 
     cfg = from_dict(Config, spec["config"])
+    engines.cpu_threads(cfg)
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
     world = ray.train.get_context().get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")

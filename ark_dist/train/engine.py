@@ -53,6 +53,12 @@ def build(model: torch.nn.Module, cfg: Config, *, micro_batch: int, total_steps:
     return engine
 
 
+def cpu_threads(cfg: Config) -> None:
+    """On the CPU, use the cores Ray gave this worker (Ray's default would leave one thread)."""
+    if not cfg.engine.use_gpu:
+        torch.set_num_threads(cfg.engine.cpus_per_worker)
+
+
 def gathered_parameters(engine):
     """A context in which `engine.module.parameters()` are whole on every rank (ZeRO-3 shards them)."""
     import contextlib

@@ -221,5 +221,6 @@ def train_loop(config: dict) -> None:
     import deepspeed
 
     cfg = from_dict(Config, config)
+    engines.cpu_threads(cfg)
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
     Run(cfg).fit()
