@@ -11,6 +11,8 @@ from ark_dist.configtree import load_config, to_dict
 from ark_dist.data.config import DataConfig
 from ark_dist.method.config import MethodConfig
 from ark_dist.model.config import ModelConfig
+from ark_dist.track.config import TrackingConfig
+from ark_dist.tune.config import TuneConfig
 
 
 @dataclass(kw_only=True)
@@ -74,6 +76,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # only `launch.py tune` reads it
 
     def validate(self) -> None:
         world = self.engine.num_workers

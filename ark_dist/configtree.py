@@ -140,15 +140,38 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def merge(base: dict, child: dict) -> dict:
+    """`child` over `base`, section by section; a child's scalar or list replaces the base's."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe as a plain dict. A top-level `base: other.yaml` (relative to this file) is read
+    first and this file's keys are merged over it, so a recipe states only what it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: `base` must be a file name, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen:
+        raise ValueError(f"{path}: `base: {base}` makes a cycle")
+    return merge(read_yaml(base_path, (*_seen, path.resolve())), data)
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
     """A YAML file (or nothing: all defaults) plus dotted overrides -> a validated `cls`."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or []))

@@ -1,0 +1,19 @@
+"""The `tracking` section: where a run's metrics go besides its run folder (W&B, rank 0 only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    """Weights & Biases. The run folder's `metrics.jsonl` is always written; W&B is optional."""
+
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline
+    project: str | None = None  # default: WANDB_PROJECT, else "ark-dist"
+    entity: str | None = None  # default: WANDB_ENTITY, else your default entity
+    group: str | None = None  # default: WANDB_RUN_GROUP; a sweep groups its trials under the sweep's name
+    run_name: str | None = None  # default: WANDB_NAME, else train.name
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # local folder for W&B's files (what `wandb sync` uploads); default: the run folder when it is local, else WANDB_DIR, else ./wandb
