@@ -1,7 +1,10 @@
 """ark-dist's one entry point.
 
     python launch.py train --config FILE [key=value ...] [--dry-run]   Ark on Ray Train + DeepSpeed
+    python launch.py tune --config FILE [key=value ...]               a Ray Tune sweep (the `tune` section)
+    python launch.py report RUN [--out DIR]  plots and a summary table from a run folder's metrics
     python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
+    python launch.py config [--reference | --show FILE [key=value ...]]   the config reference / a resolved recipe
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
     python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
@@ -22,6 +25,18 @@ def main(argv: list[str]) -> int:
         from ark_dist.train.cli import main as train_main
 
         return train_main(rest)
+    if command == "tune":
+        from ark_dist.tune.cli import main as tune_main
+
+        return tune_main(rest)
+    if command == "report":
+        from ark_dist.report import main as report_main
+
+        return report_main(rest)
+    if command == "config":
+        from ark_dist.configdoc import main as config_main
+
+        return config_main(rest)
     if command == "export":
         from ark_dist.export import main as export_main
 
