@@ -19,13 +19,13 @@ from ark_dist.tune.config import TuneConfig
 class OptimConfig:
     """Optimizer and LR schedule: linear warm-up, then cosine to `min_lr`, stepped per optimizer step."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.3
-    momentum: float = 0.9  # SGD
-    nesterov: bool = True  # SGD
-    weight_decay: float = 0.0
-    warmup_epochs: float = 20.0
-    min_lr: float = 1e-5
+    name: Literal["sgd", "adamw"] = "sgd"  # the optimizer (Ark: SGD)
+    lr: float = 0.3  # peak learning rate, reached at the end of the warm-up
+    momentum: float = 0.9  # SGD momentum (sgd only)
+    nesterov: bool = True  # Nesterov momentum (sgd only)
+    weight_decay: float = 0.0  # the optimizer's weight decay, on every trained parameter
+    warmup_epochs: float = 20.0  # linear warm-up length in epochs (fractions allowed)
+    min_lr: float = 1e-5  # where the cosine ends, at the last step
     clip_grad: float = 0.0  # 0 = off (Ark clips nothing; DeepSpeed would clip at 1.0 by default)
 
     def validate(self) -> None:
@@ -38,11 +38,11 @@ class EngineConfig:
     """DeepSpeed and the Ray workers that run it."""
 
     num_workers: int = 2  # data-parallel ranks (Ray Train workers)
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    use_gpu: bool = False  # one GPU per worker, NCCL; else the CPU and gloo
+    cpus_per_worker: int = 1  # CPU cores Ray reserves per worker (its torch threads on the CPU)
+    zero_stage: Literal[0, 1, 2, 3] = 0  # DeepSpeed ZeRO stage; 0 = plain data parallel
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 on GPUs
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step (train.global_batch splits over workers x these)
     compile: bool = False  # torch.compile the student (DeepSpeed's engine.compile) and the teacher; GPUs, ZeRO 0-2
 
     def validate(self) -> None:
@@ -54,9 +54,9 @@ class EngineConfig:
 class TrainConfig:
     """The run: length, batch, seed, evaluation and checkpoint cadence, where it is stored."""
 
-    epochs: int = 200
+    epochs: int = 200  # passes over the schedule: one round of every dataset each
     global_batch: int = 200  # images per optimizer step over all ranks
-    seed: int = 0
+    seed: int = 0  # initial weights, data order, augmentations and LSR labels
     eval_every: int = 10  # epochs; the last epoch always evaluates
     checkpoint_every: int = 0  # steps within a round; 0 = only at each round's end
     keep_checkpoints: int = 2  # the newest ones kept in storage

@@ -21,9 +21,9 @@ import sys
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
-import fsspec
 import torch
 
+from ark_dist.fs import filesystem, is_local
 from ark_dist.train.worker import STATE, STUDENT, TEACHER  # the files a checkpoint holds
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint folders in a run folder
@@ -34,24 +34,9 @@ class ExportError(ValueError):
     """A user-facing failure, one line naming the culprit."""
 
 
-def _filesystem(url: str):
-    """(filesystem, path) for a local path or URL; S3 endpoints come from AWS_ENDPOINT_URL[_S3]
-    (passed explicitly: not every botocore reads the variable). Credentials stay with the AWS chain."""
-    options = {}
-    if url.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        # A fresh client: a cached one would also serve cached (stale) listings of a run folder.
-        options = {"skip_instance_cache": True, **({"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {})}
-    return fsspec.core.url_to_fs(url, **options)
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def _public(url: str) -> str:
     """`url` as it may be written into a file: absolute if local; no user:password, query or fragment."""
-    if _is_local(url):
+    if is_local(url):
         return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
@@ -104,7 +89,7 @@ def latest_checkpoint(run_folder: str, *, student: bool = False) -> str:
     to export. Ray copies a checkpoint's files in no set order, so one still being written may lack
     either; it is never taken. Equal cursors: the later folder name (Ray names them by time)."""
     url = run_folder.rstrip("/")
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     weights = STUDENT if student else TEACHER
     candidates = sorted(n for n, kind in _names(fs, path, url).items()
                         if kind == "directory" and n.startswith(CHECKPOINT_PREFIX))
@@ -126,7 +111,7 @@ def resolve_checkpoint(url: str, *, student: bool = False) -> str:
     """`url` itself when it is a checkpoint folder; its furthest complete checkpoint when it is a
     run folder."""
     url = url.rstrip("/")
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     names = _names(fs, path, url)
     if STATE in names:
         weights = STUDENT if student else TEACHER
@@ -163,7 +148,7 @@ def load_checkpoint(url: str, *, student: bool = False):
     from ark_dist.configtree import from_dict
     from ark_dist.model import ArkModel
 
-    fs, path = _filesystem(url)
+    fs, path = filesystem(url)
     state = _read_state(fs, posixpath.join(path, STATE), f"{url}/{STATE}")
     try:
         cfg = from_dict(Config, state["config"])
@@ -215,7 +200,7 @@ def outputs(out: str) -> tuple[str, str]:
             break
     else:
         stem = out
-    if _is_local(stem):
+    if is_local(stem):
         stem = _public(stem)
     return f"{stem}.safetensors", f"{stem}.pth.tar"
 
@@ -224,7 +209,7 @@ def _check_writable(paths: tuple[str, ...]) -> None:
     """Fail before reading a (possibly large, remote) checkpoint when a local --out cannot be written."""
     for path in paths:
         folder = os.path.dirname(path)
-        if not _is_local(path):
+        if not is_local(path):
             continue
         if not os.path.isdir(folder):
             raise ExportError(f"cannot write {path}: folder {folder} does not exist")
@@ -240,14 +225,14 @@ def _write(files: dict[str, bytes]) -> None:
     temps = {}
     try:
         for path, data in files.items():
-            if _is_local(path):
+            if is_local(path):
                 temps[path] = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
                 with open(temps[path], "xb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
             else:
-                fs, target = _filesystem(path)
+                fs, target = filesystem(path)
                 fs.pipe_file(target, data)
         for path, temp in temps.items():
             os.replace(temp, path)

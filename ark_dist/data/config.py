@@ -59,11 +59,11 @@ class ViewConfig:
     shift: float = 0.0625  # ShiftScaleRotate: max shift, fraction of the side
     scale: float = 0.1  # ShiftScaleRotate: max relative zoom
     rotate_deg: float = 10.0  # ShiftScaleRotate: max rotation
-    shift_scale_rotate_p: float = 0.5
+    shift_scale_rotate_p: float = 0.5  # ShiftScaleRotate: probability it is applied
     photometric_p: float = 0.3  # one of brightness/contrast or gamma, student only
-    brightness: float = 0.2
-    contrast: float = 0.2
-    gamma: tuple[float, float] = (0.8, 1.2)
+    brightness: float = 0.2  # photometric: max brightness shift
+    contrast: float = 0.2  # photometric: max relative contrast change
+    gamma: tuple[float, float] = (0.8, 1.2)  # photometric: gamma drawn from U(a, b)
     eval_crop: float = 224 / 256  # evaluation: centre crop of this share of the (resized) image
     ten_crop: bool = False  # evaluation: average over ten crops
 

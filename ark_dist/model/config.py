@@ -14,7 +14,7 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. a tiny test config, drop_path_rate
     pretrained: str | None = None  # local path or s3:// URL: official Swin, timm, or an Ark/ark-dist checkpoint
     projector: Literal["linear", "mlp", "none"] = "linear"  # Ark: Linear(1024 -> 1376)
-    projector_dim: int = 1376
+    projector_dim: int = 1376  # projector output width (ignored when projector is none)
 
     def validate(self) -> None:
         if self.projector != "none" and self.projector_dim < 1:

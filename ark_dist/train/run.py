@@ -36,24 +36,29 @@ def start_ray() -> bool:
     return True
 
 
-def fit(cfg: Config, *, max_failures: int = 3):
-    """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
+def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
+    """The `TorchTrainer` of one run: `engine.num_workers` workers, checkpoints in the run folder."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ark_dist.train.worker import train_loop
 
-    preflight(cfg)
-    start_ray()
     engine = cfg.engine
     resources = {"CPU": engine.cpus_per_worker, **({"GPU": 1} if engine.use_gpu else {})}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config=to_dict(cfg),
         scaling_config=ScalingConfig(num_workers=engine.num_workers, use_gpu=engine.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.train.name, storage_path=storage(cfg.train.storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             callbacks=list(callbacks)),
     )
-    return trainer.fit()
+
+
+def fit(cfg: Config, *, max_failures: int = 3):
+    """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
+    preflight(cfg)
+    start_ray()
+    return trainer(cfg, max_failures=max_failures).fit()

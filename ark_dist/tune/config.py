@@ -13,14 +13,17 @@ SAMPLERS = {"grid": "a list of values, all tried", "choice": "a list of values, 
 @dataclass(kw_only=True)
 class TuneConfig:
     """`python launch.py tune`: every trial is one training run (a TorchTrainer with its own
-    `engine.num_workers` workers) whose config is this file's with the sampled keys replaced."""
+    `engine.num_workers` workers) whose config is this file's with the sampled keys replaced.
+    A `space` entry is one sampler: `{grid: [v, ...]}` (all tried), `{choice: [v, ...]}`,
+    `{uniform: [low, high]}`, `{loguniform: [low, high]}`, `{randint: [low, high]}` (high excluded)
+    or `{quniform: [low, high, step]}`, e.g. `optim.lr: {loguniform: [0.01, 1.0]}`."""
 
     name: str = "sweep"  # stable: trials are stored under <train.storage_path>/<name>; re-running resumes
-    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted key -> {grid|choice: [...]} or {uniform|loguniform|randint: [low, high]} or {quniform: [low, high, step]}
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # dotted key -> {sampler: values}: see below
     num_samples: int = 1  # trials drawn from the space; with grid keys, this many per grid point
     search: Literal["random"] = "random"  # Tune's variant generator: grid keys crossed, the others sampled
     metric: str = "auc/val/mean/teacher"  # reported at every evaluation (train.eval_every)
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = "max"  # whether a higher or a lower metric is better
     scheduler: Literal["asha", "fifo"] = "asha"  # asha stops the worst trials early; fifo runs all to the end
     grace_period: int = 1  # epochs a trial trains before ASHA may stop it
     reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
