@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ark_dist.config import load
 from ark_dist.train.schedule import lr_at
@@ -16,6 +17,7 @@ DATASETS = ["chexpert", "rsna_pneumonia", "shenzhen"]
 ALL = ["mimic_cxr", "chexpert", "chestxray14", "rsna_pneumonia", "vindr_cxr", "shenzhen"]
 EPOCHS = 4
 SIX = [f"data.datasets=[{', '.join(ALL)}]", f"train.epochs={EPOCHS}", "train.eval_every=2"]
+SECRET = "hunter2-not-for-logs"
 TINY = "{embed_dim: 24, depths: [1, 1], num_heads: [1, 2], window_size: 4, img_size: 64}"
 
 
@@ -65,7 +67,9 @@ def six_datasets(tiny_store, tmp_path_factory, ray_cluster):
     """A 2-worker run over all six datasets (ZeRO 0, fp32): the reference other runs compare to."""
     from ark_dist.train.run import fit
 
-    result = fit(tiny_config(tiny_store, tmp_path_factory.mktemp("runs"), "six", *SIX))
+    # A credential in a URL the run never needs (the store is local): it must reach no log.
+    result = fit(tiny_config(tiny_store, tmp_path_factory.mktemp("runs"), "six", *SIX, "tracking.wandb=offline",
+                             f"data.store.endpoint_url=http://ark:{SECRET}@127.0.0.1:9"))
     assert result.error is None, result.error
     return result
 
@@ -91,6 +95,44 @@ def test_two_workers_train_all_six_datasets_evaluate_and_checkpoint(six_datasets
     assert list(state["labels"]) == ALL and len(state["manifest_sha256"]) == 64
     assert (folder / "teacher.safetensors").is_file() and (folder / "student.safetensors").is_file()
     assert (folder / "engine").is_dir() and state["config"]["data"]["datasets"] == ALL
+
+
+@pytest.mark.slow
+def test_the_run_folder_holds_metrics_config_and_one_wandb_run_from_rank_0(six_datasets, tmp_path):
+    from ark_dist.report import main as report
+    from ark_dist.report import read_metrics, write_report
+    from wandbfiles import read_offline_runs
+
+    run = Path(six_datasets.path)
+    history = _history(six_datasets)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == history  # the run folder's file and the final checkpoint's agree, round for round
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["datasets"] == ALL and config["train"]["name"] == "six"
+    # W&B: one offline run (rank 0 only; rank 1 logged nothing), one history row per round.
+    runs = read_offline_runs(run)
+    assert len(runs) == 1, [r["id"] for r in runs]
+    logged = runs[0]["history"]
+    assert [r["_step"] for r in logged] == [r["step"] for r in rows]
+    for name in ALL:
+        assert {f"loss/{name}", f"loss/task/{name}", f"data/skipped/{name}"} <= logged[ALL.index(name)].keys()
+        assert logged[-1][f"auc/test/{name}/teacher"] == pytest.approx(rows[-1][f"auc/test/{name}/teacher"],
+                                                                       nan_ok=True)
+    for key in ("lr", "ema/momentum", "consistency/coef", "throughput/img_per_s", "time/data_wait_pct",
+                "memory/rss_peak_gb", "auc/val/mean/teacher"):
+        assert logged[-1][key] == pytest.approx(rows[-1][key]), key
+    assert runs[0]["config"]["data"]["datasets"] == ALL
+    # No credential anywhere in what the run wrote besides its own checkpoints.
+    for path in [run / "config.yaml", *(p for p in (run / "wandb").rglob("*") if p.is_file())]:
+        assert SECRET.encode() not in path.read_bytes(), path
+    # `report` draws the file's numbers.
+    assert report([str(run), "--out", str(tmp_path / "report")]) == 0
+    series, _ = write_report(read_metrics(str(run)), tmp_path / "again", run=str(run))
+    drawn = series["auc.png"]["auc/test/chexpert/teacher"]
+    expected = [(r["epochs_done"], r["auc/test/chexpert/teacher"]) for r in rows if "auc/test/chexpert/teacher" in r]
+    xs, ys = drawn
+    assert list(xs) == [x for x, _ in expected] and list(ys) == pytest.approx([y for _, y in expected])
+    assert (tmp_path / "report" / "auc.png").stat().st_size > 0
 
 
 def row_name(row: dict) -> str:

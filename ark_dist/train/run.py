@@ -31,7 +31,10 @@ def start_ray() -> bool:
         return False
     code = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True,
+    # The dashboard serves Ray's state API, which Train V2's placement-group cleaner polls: without
+    # it, the workers' placement group of a run whose controller died (a Tune trial that ASHA
+    # stopped) is never removed and starves every later trial.
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     return True
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from ark_dist.configtree import from_dict
 from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, mixed_loader, read_manifest, train_loader
 from ark_dist.method import consistency, ema_update, make_teacher, momentum
 from ark_dist.model import ArkModel, load_pretrained
+from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
 from ark_dist.train import engine as engines
 from ark_dist.train.evaluate import evaluate
 from ark_dist.train.schedule import steps_per_round
@@ -193,13 +195,28 @@ class Run:
                     if "auc5" in summary:  # CheXpert's 5 competition classes
                         out[f"auc5/{split}/{entry['name']}/{model}"] = summary["auc5"]
         student.train()
+        for split in ("val", "test"):  # the sweep's default metric: the teacher's mean val AUC over datasets
+            for model in ("student", "teacher"):
+                values = [out[f"auc/{split}/{e['name']}/{model}"] for e in self.entries
+                          if f"auc/{split}/{e['name']}/{model}" in out]
+                if not values:
+                    continue
+                # A dataset whose split lacks a class gives NaN; the mean is over the others, and NaN
+                # (still reported, so a sweep on it sees the evaluation) when none has an AUC.
+                values = [v for v in values if v == v]
+                out[f"auc/{split}/mean/{model}"] = sum(values) / len(values) if values else float("nan")
         return out
 
     def fit(self) -> None:
         import torch.distributed as dist
 
+        from ark_dist.track.tracker import open_tracker
+
         self.restore()
         cfg = self.cfg
+        if self.rank == 0:
+            write_config(cfg)
+        tracker = open_tracker(cfg, rank=self.rank, run_dir=run_url(cfg), run_id=run_id(cfg))
         for epoch in range(self.cursor.epoch, cfg.train.epochs):
             first = self.cursor.round if epoch == self.cursor.epoch else 0
             for index in range(first, len(self.steps)):
@@ -211,9 +228,15 @@ class Run:
                 if index == len(self.steps) - 1 and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
                     metrics.update(self.evaluate())
                 following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.steps) else Cursor(epoch, index + 1, 0)
+                metrics.update(memory_metrics(self.device), epochs_done=epoch + (index + 1) / len(self.steps))
                 self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-                self.history.append({"step": sum(self.steps) * epoch + sum(self.steps[:index + 1]), **metrics})
+                step = sum(self.steps) * epoch + sum(self.steps[:index + 1])
+                self.history.append({"step": step, "time": time.time(), **metrics})
+                if self.rank == 0:
+                    write_metrics(cfg, self.history)
+                tracker.log(metrics, step=step)
                 self.save(following, metrics)
+        tracker.finish()
 
 
 def train_loop(config: dict) -> None:
