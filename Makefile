@@ -20,13 +20,9 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu --durations=15 $(PYTEST_ARGS)
 
 # The main job on the embedded default: synthetic look-alikes of the six datasets -> shards ->
-# Ark on a local Ray cluster (2 CPU workers, DeepSpeed) -> per-dataset AUCs.
+# Ark on a local Ray cluster (2 CPU workers, DeepSpeed) -> evaluation -> exported teacher -> AUC table.
 demo: $(STAMP)
-	$(PY) -m shards synth --out out/demo/raw --per-source 48 --scale 0.25
-	for s in mimic_cxr chexpert chestxray14 rsna_pneumonia vindr_cxr shenzhen; do \
-	  $(PY) -m shards build --source $$s --root out/demo/raw/$$s --out out/demo/store --max-side 96 --samples-per-shard 16 || exit 1; done
-	$(PY) -m shards ls --store out/demo/store
-	$(PY) launch.py train --config configs/demo.yaml
+	$(PY) launch.py demo --out out/demo
 
 bench-shards: $(STAMP)
 	$(PY) launch.py bench shards

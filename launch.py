@@ -1,5 +1,6 @@
 """ark-dist's one entry point.
 
+    python launch.py demo [--out DIR]         the whole path on synthetic data, on this machine (`make demo`)
     python launch.py train --config FILE [key=value ...] [--dry-run]   Ark on Ray Train + DeepSpeed
     python launch.py tune --config FILE [key=value ...]               a Ray Tune sweep (the `tune` section)
     python launch.py report RUN [--out DIR]  plots and a summary table from a run folder's metrics
@@ -25,6 +26,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.train.cli import main as train_main
 
         return train_main(rest)
+    if command == "demo":
+        from ark_dist.demo import main as demo_main
+
+        return demo_main(rest)
     if command == "tune":
         from ark_dist.tune.cli import main as tune_main
 

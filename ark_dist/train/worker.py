@@ -239,11 +239,21 @@ class Run:
         tracker.finish()
 
 
+def quiet_report_lines() -> None:
+    """Ray Train logs every `ray.train.report` with its whole metrics dict (hundreds of keys here) at
+    INFO, under a logger named after its file, which `RunConfig.logging_config` does not reach; our
+    own round line says the same in one line."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict) -> None:
     """Ray Train's entry on every worker."""
     import deepspeed
 
     cfg = from_dict(Config, config)
     engines.cpu_threads(cfg)
+    quiet_report_lines()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
     Run(cfg).fit()
