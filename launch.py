@@ -4,6 +4,8 @@
     python launch.py train --config FILE [key=value ...] [--dry-run]   Ark on Ray Train + DeepSpeed
     python launch.py tune --config FILE [key=value ...]               a Ray Tune sweep (the `tune` section)
     python launch.py report RUN [--out DIR]  plots and a summary table from a run folder's metrics
+    python launch.py slurm --config FILE [key=value ...] [--submit]   fill in (and submit) the Slurm batch script
+    python launch.py k8s render --config FILE [...]   KubeRay RayJob/RayCluster manifests for a recipe and a size
     python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
     python launch.py config [--reference | --show FILE [key=value ...]]   the config reference / a resolved recipe
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
@@ -34,6 +36,14 @@ def main(argv: list[str]) -> int:
         from ark_dist.tune.cli import main as tune_main
 
         return tune_main(rest)
+    if command == "slurm":
+        from ark_dist.cluster.slurm import main as slurm_main
+
+        return slurm_main(rest)
+    if command == "k8s":
+        from ark_dist.cluster.k8s import main as k8s_main
+
+        return k8s_main(rest)
     if command == "report":
         from ark_dist.report import main as report_main
 
