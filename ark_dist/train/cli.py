@@ -6,6 +6,16 @@ import argparse
 import sys
 
 from ark_dist.config import load
+from ark_dist.data.remote import ShardReadError
+
+
+def failure(error: BaseException) -> str:
+    """One line for a failed run: the innermost cause's type and message (a worker's exception
+    arrives wrapped in Ray's errors, with tracebacks in their text)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}".strip()
 
 
 def main(argv: list[str]) -> int:
@@ -20,7 +30,7 @@ def main(argv: list[str]) -> int:
         from ark_dist.train.run import fit, preflight
 
         preflight(cfg)
-    except ValueError as exc:
+    except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -28,9 +38,13 @@ def main(argv: list[str]) -> int:
 
         dry_run(cfg)
         return 0
-    result = fit(cfg)
+    try:
+        result = fit(cfg)
+    except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if result.error:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
+        print(f"error: training failed: {failure(result.error)}", file=sys.stderr)
         return 1
     print(f"done: {result.path}")
     return 0

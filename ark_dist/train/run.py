@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ark_dist.config import Config, to_dict
+
+log = logging.getLogger(__name__)
 
 
 def storage(path: str) -> str:
@@ -20,6 +23,46 @@ def preflight(cfg: Config) -> None:
     manifest = read_manifest(Store(cfg.data.store))
     for name in cfg.data.datasets:
         dataset_entry(manifest, name)
+    check_model(cfg)
+
+
+def check_model(cfg: Config) -> None:
+    """The backbone is one timm knows and the pretrained weights exist, before any worker starts."""
+    import timm
+
+    from ark_dist.fs import filesystem
+
+    if not timm.is_model(cfg.model.backbone):
+        raise ValueError(f"model.backbone={cfg.model.backbone!r} is not a timm model "
+                         f"(e.g. {', '.join(timm.list_models('swin_*')[:3])}, ...)")
+    if url := cfg.model.pretrained:
+        try:
+            fs, path = filesystem(url)
+            found = fs.isfile(path)
+        except Exception as exc:  # an unreachable store: say which, in one line
+            raise ValueError(f"model.pretrained={url!r}: cannot reach it ({type(exc).__name__}: {exc})") from exc
+        if not found:
+            raise ValueError(f"model.pretrained={url!r}: no such file")
+
+
+def check_resources(cfg: Config, *, local: bool) -> None:
+    """A run asks Ray for engine.num_workers x (cpus_per_worker CPUs [+ 1 GPU]) at once; on a
+    cluster of fixed size that cannot hold it, Ray Train would wait forever. A local cluster (the
+    one `start_ray` made) is fixed; a joined one may autoscale, so there it is only a warning."""
+    import ray
+
+    engine = cfg.engine
+    need = {"CPU": engine.num_workers * engine.cpus_per_worker, "GPU": engine.num_workers if engine.use_gpu else 0}
+    have = ray.cluster_resources()
+    short = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need if need[k] > have.get(k, 0)]
+    if not short:
+        return
+    text = (f"engine.num_workers={engine.num_workers} x engine.cpus_per_worker={engine.cpus_per_worker}"
+            f"{' + 1 GPU each' if engine.use_gpu else ''} needs {' and '.join(short)}")
+    if local:
+        raise ValueError(f"{text}: lower engine.num_workers or engine.cpus_per_worker, or join a larger "
+                         f"cluster with RAY_ADDRESS")
+    log.warning("%s: waiting for the cluster to grow (autoscaling)", text)
 
 
 def start_ray() -> bool:
@@ -63,5 +106,6 @@ def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
 def fit(cfg: Config, *, max_failures: int = 3):
     """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
     preflight(cfg)
-    start_ray()
+    started = start_ray()
+    check_resources(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
     return trainer(cfg, max_failures=max_failures).fit()

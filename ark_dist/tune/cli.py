@@ -10,6 +10,7 @@ import sys
 import yaml
 
 from ark_dist.config import Config, load, to_dict
+from ark_dist.data.remote import ShardReadError
 from ark_dist.fs import join, write_atomic
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
         preflight(cfg)
         start_ray()
         results = tuner(cfg).fit()
-    except ValueError as exc:
+    except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows, best = summary(cfg, results)
