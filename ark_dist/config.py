@@ -62,10 +62,13 @@ class TrainConfig:
     keep_checkpoints: int = 2  # the newest ones kept in storage
     storage_path: str = "runs"  # local folder or s3:// (Ray's storage_path)
     name: str = "ark"  # a stable name: re-running it resumes
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint (a lost worker or node) before the run fails
 
     def validate(self) -> None:
         if self.epochs < 1 or self.global_batch < 1 or self.eval_every < 1 or self.checkpoint_every < 0:
             raise ValueError("epochs, global_batch and eval_every must be at least 1, checkpoint_every >= 0")
+        if self.max_failures < 0:
+            raise ValueError("max_failures must be >= 0")
 
 
 @dataclass(kw_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ark_dist.config import load
@@ -10,12 +11,16 @@ from ark_dist.data.remote import ShardReadError
 
 
 def failure(error: BaseException) -> str:
-    """One line for a failed run: the innermost cause's type and message (a worker's exception
-    arrives wrapped in Ray's errors, with tracebacks in their text)."""
+    """One line for a failed run: the first failing rank's innermost exception (Ray wraps a worker's
+    exception, with tracebacks in its text; the last line of that text is the exception itself)."""
+    failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError: {rank: exception}
+    if failures:
+        error = failures[min(failures)]
     while error.__cause__ is not None:
         error = error.__cause__
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}".strip()
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if re.match(r"^[\w.]+(Error|Exception): ", last) else f"{type(error).__name__}: {last}"
 
 
 def main(argv: list[str]) -> int:
@@ -38,11 +43,16 @@ def main(argv: list[str]) -> int:
 
         dry_run(cfg)
         return 0
+    from ray.train import TrainingFailedError
+
     try:
         result = fit(cfg)
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingFailedError as exc:  # a rank failed more often than FailureConfig allows
+        print(f"error: training failed: {failure(exc)}", file=sys.stderr)
+        return 1
     if result.error:
         print(f"error: training failed: {failure(result.error)}", file=sys.stderr)
         return 1

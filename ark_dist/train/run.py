@@ -103,9 +103,9 @@ def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
     )
 
 
-def fit(cfg: Config, *, max_failures: int = 3):
+def fit(cfg: Config, *, max_failures: int | None = None):
     """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
     preflight(cfg)
     started = start_ray()
     check_resources(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
-    return trainer(cfg, max_failures=max_failures).fit()
+    return trainer(cfg, max_failures=cfg.train.max_failures if max_failures is None else max_failures).fit()

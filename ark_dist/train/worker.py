@@ -22,6 +22,7 @@ from ark_dist.method import consistency, ema_update, make_teacher, momentum
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
 from ark_dist.train import engine as engines
+from ark_dist.train import safeload
 from ark_dist.train.evaluate import evaluate
 from ark_dist.train.schedule import steps_per_round
 from ark_dist.train.step import ark_loss
@@ -119,6 +120,7 @@ class Run:
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
+            safeload.guard(self.engine)  # tensors and plain data only: a tampered checkpoint cannot run code
             loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
             if loaded is None:  # DeepSpeed only warns when it finds nothing to load
                 raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
