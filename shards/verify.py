@@ -21,7 +21,8 @@ def check_shard(store: Store, dataset: str, shard: dict, *, image_format: str) -
         return [str(exc)]
     problems = []
     if len(data) != shard["num_bytes"]:
-        problems.append(f"size {len(data)} != manifest {shard['num_bytes']}")
+        cut = " (truncated)" if len(data) < shard["num_bytes"] else ""
+        problems.append(f"size {len(data)} != manifest {shard['num_bytes']}{cut}")
     if hashlib.sha256(data).hexdigest() != shard["sha256"]:
         problems.append("sha256 differs from the manifest")
     ext = "jpg" if image_format == "jpeg" else "png"

@@ -9,34 +9,16 @@ import uuid
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from ark_dist.data import DataConfig, EvalLoader, ShardReadError, Store, StoreConfig, read_manifest
 from ark_dist.data.config import ViewConfig
-from conftest import _free_port, run_shards
-
-
-class Endpoint:
-    """A moto server that can be stopped and started again on the same port (moto keeps the data)."""
-
-    def __init__(self):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = None
-        self.start()
-
-    def start(self):
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self):
-        self.server.stop()
+from conftest import StoppableS3, run_shards
 
 
 @pytest.fixture
 def endpoint(s3_endpoint, synth_root):
     """Its own server (so stopping it leaves the session's alone) with rsna_pneumonia built in."""
-    ep = Endpoint()
+    ep = StoppableS3()
     bucket = f"ark-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=ep.url).create_bucket(Bucket=bucket)
     code, _, err = run_shards("build", "--source", "rsna_pneumonia", "--root", synth_root / "rsna_pneumonia",
@@ -120,3 +102,28 @@ def test_cache_stays_within_its_bound_with_several_loader_processes(endpoint, tm
     assert len(ids) == entry["splits"]["train"]["num_samples"]
     assert sum(p.stat().st_size for p in cache.glob("*.tar")) <= bound
     assert len(list(cache.glob("*.tar"))) < len(shards)
+
+
+def test_the_training_stream_is_the_same_from_a_folder_from_s3_and_through_the_cache(endpoint, tmp_path):
+    """The stream is a function of the manifest, seed and cursor only: a remote store opens the next
+    shard one ahead, a cached one does not, and neither may change what a rank trains on."""
+    import torch
+
+    from ark_dist.data.stream import Cursor, TrainStream
+    from ark_dist.fs import filesystem
+
+    fs, path = filesystem(endpoint.store_url)
+    fs.get(f"{path}/", str(tmp_path / "local"), recursive=True)
+    stores = {"folder": StoreConfig(url=str(tmp_path / "local")), "s3": _config(endpoint).store,
+              "cached": _config(endpoint, cache_dir=str(tmp_path / "cache")).store}
+    streams = {}
+    for name, store in stores.items():
+        config = DataConfig(store=store, num_workers=0, shuffle_buffer=4, views=ViewConfig(image_size=32, load_size=32))
+        entry = read_manifest(Store(store))["rsna_pneumonia"]
+        stream = TrainStream(entry=entry, config=config, seed=3, cursor=Cursor(1, 0, 0), rank=0, batch_size=2,
+                             num_batches=4)
+        streams[name] = [(batch["ids"], batch["image"]) for batch in stream]
+    assert len(streams["folder"]) == 4
+    for name in ("s3", "cached"):
+        assert [ids for ids, _ in streams[name]] == [ids for ids, _ in streams["folder"]], name
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(streams[name], streams["folder"])), name

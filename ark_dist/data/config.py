@@ -15,7 +15,7 @@ class StoreConfig:
 
     url: str = "out/store"  # local folder or s3://bucket/prefix (the `shards build --out`)
     endpoint_url: str | None = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL
-    retries: int = 6  # attempts per read before a shard fails the run
+    retries: int = 6  # attempts per read before an outage fails the run
     backoff_s: float = 0.5  # first retry delay; doubles each attempt (capped at 8 s)
     block_mb: float = 16.0  # ranged-read size when streaming from S3
     cache_dir: str | None = None  # node-local shard cache (content-addressed by sha256); None = off
@@ -90,7 +90,7 @@ class DataConfig:
     prefetch_factor: int = 4  # batches each loader process keeps ready
     shuffle_buffer: int = 2000  # samples mixed across resampled shards
     max_steps_per_round: int | None = None  # cap on a round's steps (huge datasets don't drown small ones)
-    bad_sample_fraction: float = 0.01  # undecodable samples tolerated per loader stream ...
+    bad_sample_fraction: float = 0.01  # bad samples (undecodable, or in a bad shard) tolerated per loader stream ...
     bad_sample_min: int = 10  # ... but always at least this many
 
     def validate(self) -> None:

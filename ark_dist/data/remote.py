@@ -2,7 +2,10 @@
 node-local cache keyed by the shard's sha256 (so it never serves stale bytes).
 
 Transient errors (connection reset/refused, timeouts, 5xx, throttling) are retried; after the
-last attempt the run fails with a `ShardReadError` naming the shard URL and the endpoint.
+last attempt the run fails with a `ShardReadError` naming the shard URL and the endpoint: an outage
+is not bad data, and skipping every shard it touches would quietly thin the training set. A shard
+that is missing, refused, or not the bytes the manifest lists raises `BadShard`, which the loader
+skips and counts against its bad-sample budget (ark_dist/data/stages.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import time
@@ -22,12 +26,18 @@ import fsspec
 
 from ark_dist.data.config import StoreConfig
 
+log = logging.getLogger(__name__)
+
 # Failures that are not worth retrying: the object is not there, or we may not read it.
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError)
 
 
 class ShardReadError(RuntimeError):
-    """A shard that could not be read after every retry."""
+    """A shard (or the manifest) that could not be read after every retry."""
+
+
+class BadShard(ShardReadError):
+    """A shard that is missing, refused, or not the bytes the manifest lists: retrying cannot help."""
 
 
 class Store:
@@ -69,17 +79,19 @@ class Store:
         where = f" (endpoint {self.endpoint})" if self.endpoint else ""
         return f"{posixpath.join(self.url, rel)}{where}"
 
-    def _retry(self, what: str, rel: str, func):
+    def _retry(self, what: str, rel: str, func, *, permanent: type[ShardReadError] = ShardReadError):
         delay = self.config.backoff_s
         for attempt in range(1, self.config.retries + 1):
             try:
                 return func()
             except PERMANENT as exc:
-                raise ShardReadError(f"cannot {what} {self.describe(rel)}: {type(exc).__name__}: {exc}") from exc
+                raise permanent(f"cannot {what} {self.describe(rel)}: {type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - network stacks raise many types for one outage
                 if attempt == self.config.retries:
                     raise ShardReadError(f"cannot {what} {self.describe(rel)} after {attempt} attempts: "
                                          f"{type(exc).__name__}: {exc}") from exc
+                log.warning("retrying %s of %s in %.1f s (attempt %d of %d failed: %s)", what, self.describe(rel),
+                            delay, attempt, self.config.retries, type(exc).__name__)
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
@@ -87,27 +99,62 @@ class Store:
         """A whole (small) object, e.g. the manifest."""
         return self._retry("read", rel, lambda: self.fs.cat_file(posixpath.join(self.root, rel)))
 
-    def open_shard(self, rel: str, *, size: int, sha256: str):
-        """A binary file object over one shard: the cached copy, a plain file, or ranged reads."""
+    def open_shard(self, rel: str, *, size: int, sha256: str) -> ShardFile:
+        """One shard, read front to back: the cached copy (verified when it was filled), or the
+        store's own bytes hashed as they stream and checked by `ShardFile.finish`."""
         if self.cache is not None:
-            return self.cache.open(sha256, size, lambda dest: self._download(rel, dest, size=size, sha256=sha256))
-        return self.open_uncached(rel, size)
+            handle = self.cache.open(sha256, size, lambda dest: self._download(rel, dest, size=size, sha256=sha256))
+            return ShardFile(handle, sha256=None, name=self.describe(rel))
+        return ShardFile(self.open_uncached(rel, size), sha256=sha256, name=self.describe(rel))
 
     def _download(self, rel: str, dest: Path, *, size: int, sha256: str) -> None:
-        digest = hashlib.sha256()
-        with self.open_uncached(rel, size) as src, open(dest, "wb") as out:
+        src = ShardFile(self.open_uncached(rel, size), sha256=sha256, name=self.describe(rel))
+        with src, open(dest, "wb") as out:
             for block in iter(lambda: src.read(1 << 22), b""):
-                digest.update(block)
                 out.write(block)
-        if digest.hexdigest() != sha256:
-            raise ShardReadError(f"{self.describe(rel)}: sha256 differs from the manifest (the store changed "
-                                 f"under the manifest, or the object is damaged)")
+            src.finish()
 
     def open_uncached(self, rel: str, size: int):
         """The shard in the store itself: a plain file, or ranged reads from S3."""
         if self.is_local:
-            return self._retry("open", rel, lambda: open(posixpath.join(self.root, rel), "rb"))
+            return self._retry("open", rel, lambda: open(posixpath.join(self.root, rel), "rb"), permanent=BadShard)
         return io.BufferedReader(RangedReader(self, rel, size, int(self.config.block_mb * 2**20)))
+
+
+class ShardFile:
+    """A shard's bytes with their sha256 computed on the way through. A streamed shard's hash is
+    only known once its last byte is read, after its samples went down the pipeline: `finish` can
+    flag it, not take them back."""
+
+    def __init__(self, raw, *, sha256: str | None, name: str):
+        self.raw, self.sha256, self.name = raw, sha256, name
+        self.digest = hashlib.sha256() if sha256 else None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
+    def finish(self) -> None:
+        """Read what the tar reader left (its end-of-archive padding); raise `BadShard` when the
+        bytes are not the ones the manifest lists."""
+        if self.digest is None:
+            return
+        while self.read(1 << 20):
+            pass
+        if self.digest.hexdigest() != self.sha256:
+            raise BadShard(f"{self.name}: sha256 differs from the manifest (the store changed under the manifest, "
+                           f"or the object is damaged)")
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> ShardFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -137,9 +184,9 @@ class RangedReader(io.RawIOBase):
         start, end = self._fetched, min(self.size, self._fetched + self.block)
         if start >= end:
             return None
-        self._fetched = end
+        self._fetched, self._wanted = end, end - start
         return background().submit(self.store._retry, "read", self.rel,
-                                   lambda: self.store.fs.cat_file(self.path, start=start, end=end))
+                                   lambda: self.store.fs.cat_file(self.path, start=start, end=end), permanent=BadShard)
 
     def readable(self) -> bool:
         return True
@@ -149,9 +196,9 @@ class RangedReader(io.RawIOBase):
             if self._next is None:
                 return 0
             data = self._next.result()
-            if len(data) == 0:
-                raise ShardReadError(f"{self.store.describe(self.rel)}: object shorter than the manifest's "
-                                     f"{self.size} bytes")
+            if len(data) < self._wanted:  # a shorter object: a request past its end would only fail
+                raise BadShard(f"{self.store.describe(self.rel)}: object shorter than the manifest's "
+                               f"{self.size} bytes")
             self._view, self._next = memoryview(data), self._fetch()
         count = min(len(buffer), len(self._view))
         buffer[:count] = self._view[:count]

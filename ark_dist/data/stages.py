@@ -2,7 +2,7 @@
 
     shards (resampled | assigned) -> tar_samples -> shuffle -> number -> skip -> decode -> label -> views -> batched
 
-A sample is a dict that grows as it flows: `key`, `shard`, `position`, `parts` (raw bytes) after
+A sample is a dict that grows as it flows: `key`, `shard` (its URL), `position`, `parts` (raw bytes) after
 `tar_samples`; `image` (1, L, L) uint8, `size` (w, h) and `facts` after `decode`; `target`/`mask`
 after `label`; `theta_student`/`theta_teacher`/`photo` after `views`.
 """
@@ -18,8 +18,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ark_dist.data.labels import LabelPolicy
-from ark_dist.data.remote import Store
+from ark_dist.data.remote import BadShard, Store
 from ark_dist.data.views import draw_views
+from shards.samples import safe_member
 
 
 class DataError(RuntimeError):
@@ -33,8 +34,10 @@ class Counters:
         self.dataset, self.max_bad_fraction, self.min_bad = dataset, max_bad_fraction, min_bad
         self.samples = self.skipped = self.bytes = self.shards = 0
 
-    def bad(self, what: str) -> None:
-        self.skipped += 1
+    def bad(self, what: str, count: int = 1) -> None:
+        """`count` samples lost (a shard that cannot be read loses all it had left); `what` names
+        the last culprit in the error raised beyond the budget."""
+        self.skipped += count
         allowed = max(self.min_bad, int(self.max_bad_fraction * (self.samples + self.skipped)))
         if self.skipped > allowed:
             raise DataError(f"{self.dataset}: {self.skipped} bad samples exceed the budget ({allowed} of "
@@ -54,7 +57,7 @@ def resampled(shards: list[dict], rng: np.random.Generator) -> Iterator[dict]:
 
 
 class DamagedShard(Exception):
-    """A tar that ends early or has a malformed header."""
+    """A tar that ends early, has a malformed header, or names a member outside its folder."""
 
 
 def _octal(field: bytes) -> int:
@@ -72,7 +75,8 @@ def _octal(field: bytes) -> int:
 def tar_members(handle) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every regular file in a tar stream. Reads the 512-byte headers directly:
     `tarfile` costs more per member than decoding a small JPEG. Handles ustar, pax (`path`) and GNU
-    long names; other member types are skipped."""
+    long names; other member types are skipped. Nothing is ever extracted, but a name that could
+    escape an extraction folder (`..`, absolute) marks a tampered shard: `DamagedShard`."""
     long_name = None
     while True:
         header = handle.read(512)
@@ -104,17 +108,24 @@ def tar_members(handle) -> Iterator[tuple[str, bytes]]:
             if header[257:262] == b"ustar" and header[345]:
                 name = header[345:500].rstrip(b"\0").decode() + "/" + name
         long_name = None
+        if not safe_member(name):
+            raise DamagedShard(f"unsafe member name {name!r}")
         yield name, data
 
 
-def opened(shards: Iterable[dict], store: Store) -> Iterator[tuple[dict, object]]:
-    """(shard, open file) pairs. From a remote store without a cache the next shard is opened one
-    ahead, so its first block downloads while the current shard is read; local and cached shards
-    open on demand (a cache fill runs in this thread and is never left behind)."""
+def opened(shards: Iterable[dict], store: Store, counters: Counters) -> Iterator[tuple[dict, object]]:
+    """(shard, open `ShardFile`) pairs. From a remote store without a cache the next shard is opened
+    one ahead, so its first block downloads while the current shard is read; local and cached
+    shards open on demand (a cache fill runs in this thread and is never left behind). A shard that
+    is missing, or fails its cache fill's sha256 check, is skipped: all its samples count as bad."""
     ahead = None
     try:
         for shard in shards:
-            handle = store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"])
+            try:
+                handle = store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"])
+            except BadShard as exc:
+                lost(counters, shard, read=0, why=str(exc))
+                continue
             if not store.reads_ahead:
                 yield shard, handle
                 continue
@@ -131,34 +142,56 @@ def opened(shards: Iterable[dict], store: Store) -> Iterator[tuple[dict, object]
             ahead[1].close()
 
 
-def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Iterator[dict]:
-    """Stream each shard's members and group them into samples. A damaged tar ends that shard
-    (counted as one bad sample); a shard that cannot be read after retries raises."""
-    for shard, handle in opened(shards, store):
-        counters.shards += 1
-        with handle:
-            current, parts, count = None, {}, 0
-            try:
-                for name, data in tar_members(handle):
-                    key, _, ext = name.rpartition(".")
-                    if key != current:
-                        if current is not None:
-                            yield {"key": current, "shard": shard["url"], "position": count, "parts": parts}
-                            count += 1
-                        current, parts = key, {}
-                    counters.bytes += len(data)
-                    parts[ext] = data
+def lost(counters: Counters, shard: dict, *, read: int, why: str) -> None:
+    """Count a shard's unread samples as bad; at least one, since a shard found wrong after its
+    last sample (sha256, extra members) still means the store is not what the manifest says."""
+    counters.bad(f"{why}; {read} of {shard['num_samples']} samples read", max(shard["num_samples"] - read, 1))
+
+
+def grouped(members: Iterable[tuple[str, bytes]], counters: Counters) -> Iterator[tuple[str, dict]]:
+    """(key, {extension: bytes}) per run of members sharing a key, as WebDataset groups them. Where
+    the tar breaks off, the sample read so far still goes out (`decode` counts it if incomplete)."""
+    current, parts = None, {}
+    try:
+        for name, data in members:
+            key, _, ext = name.rpartition(".")
+            if key != current:
                 if current is not None:
-                    yield {"key": current, "shard": shard["url"], "position": count, "parts": parts}
+                    yield current, parts
+                current, parts = key, {}
+            counters.bytes += len(data)
+            parts[ext] = data
+    except (DamagedShard, UnicodeDecodeError):
+        if current is not None:
+            yield current, parts
+        raise
+    if current is not None:
+        yield current, parts
+
+
+def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Iterator[dict]:
+    """Each shard's samples, never more than the manifest's count (so ranks stay in step). A shard
+    that is damaged, short, longer, or not the bytes the manifest lists ends there and its unread
+    samples count as bad; an outage that outlasts the retries raises `ShardReadError`."""
+    for shard, handle in opened(shards, store, counters):
+        counters.shards += 1
+        url, count, why = store.describe(shard["url"]), 0, None
+        with handle:
+            try:
+                for key, parts in grouped(tar_members(handle), counters):
+                    if count == shard["num_samples"]:
+                        raise DamagedShard("more samples than the manifest lists")
+                    yield {"key": key, "shard": url, "position": count, "parts": parts}
                     count += 1
+                handle.finish()  # a mismatch here comes after the samples were yielded: flagged, not undone
+            except BadShard as exc:
+                why = str(exc)
             except (DamagedShard, UnicodeDecodeError) as exc:
-                counters.bad(f"damaged shard {store.describe(shard['url'])}: {type(exc).__name__}: {exc}")
-                continue
-            if count > shard["num_samples"]:  # ranks would fall out of step: the store changed under us
-                raise DataError(f"{store.describe(shard['url'])} holds {count} samples, the manifest "
-                                f"{shard['num_samples']}: rebuild the manifest or re-run the build")
-            if count < shard["num_samples"]:
-                counters.bad(f"{store.describe(shard['url'])} ended after {count} of {shard['num_samples']} samples")
+                why = f"damaged shard {url}: {type(exc).__name__}: {exc}"
+        if why is None and count < shard["num_samples"]:
+            why = f"{url} ended early"
+        if why is not None:
+            lost(counters, shard, read=count, why=why)
 
 
 def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, initial: int = 100) -> Iterator[dict]:

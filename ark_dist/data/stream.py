@@ -87,13 +87,15 @@ def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor
     """One dataset's training samples for a loader slot, views drawn, the first `skip` dropped
     undecoded. Keyed by (seed, epoch, round, rank, slot, dataset)."""
     key = [seed, cursor.epoch, cursor.round, rank, slot, zlib.crc32(entry["name"].encode())]
-    rng = np.random.default_rng(key)
+    # One generator each for the shard draws and the shuffle: a remote store opens the next shard
+    # one ahead, which must not move the shuffle's draws (the stream would depend on the store).
+    shard_rng, shuffle_rng = (np.random.default_rng([*key, part]) for part in (0, 1))
     store = Store(config.store)  # built here: each loader process has its own client
     shards = entry["splits"]["train"]["shards"]
-    stream = stages.tar_samples(stages.resampled(shards, rng), store, counters)
+    stream = stages.tar_samples(stages.resampled(shards, shard_rng), store, counters)
     # A buffer larger than the split would only re-read the same shards before the first batch.
     buffer = min(config.shuffle_buffer, entry["splits"]["train"]["num_samples"])
-    stream = stages.number(stages.shuffle(stream, buffer, rng))
+    stream = stages.number(stages.shuffle(stream, buffer, shuffle_rng))
     stream = stages.skip(stream, skip)
     stream = stages.decode(stream, config.views.load_size, counters)
     stream = stages.label(stream, _policy(entry, config, seed))
