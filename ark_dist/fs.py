@@ -8,15 +8,25 @@ import uuid
 import fsspec
 
 
+# botocore's standard retry mode retries refused connections, timeouts, throttling and 5xx with
+# exponential backoff (at most 20 s apart): 10 attempts wait out an endpoint that is down for about
+# half a minute, e.g. while a MinIO/Ceph gateway restarts.
+S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+
+
+def s3_options() -> dict:
+    """s3fs options: the endpoint from AWS_ENDPOINT_URL[_S3] (passed explicitly: not every botocore
+    reads the variable), patient retries, and a fresh client (a cached one would also serve cached,
+    stale listings of a run folder). Credentials stay with the AWS chain: never in these options,
+    which travel with a pickled filesystem."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"skip_instance_cache": True, "config_kwargs": {"retries": S3_RETRIES},
+            **({"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {})}
+
+
 def filesystem(url: str):
-    """(filesystem, path) for a local path or URL; S3 endpoints come from AWS_ENDPOINT_URL[_S3]
-    (passed explicitly: not every botocore reads the variable). Credentials stay with the AWS chain."""
-    options = {}
-    if url.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        # A fresh client: a cached one would also serve cached (stale) listings of a run folder.
-        options = {"skip_instance_cache": True, **({"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {})}
-    return fsspec.core.url_to_fs(url, **options)
+    """(filesystem, path) for a local path or URL."""
+    return fsspec.core.url_to_fs(url, **(s3_options() if url.startswith("s3://") else {}))
 
 
 def is_local(url: str) -> bool:
@@ -40,6 +50,8 @@ def write_atomic(url: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk says so without naming the file: name it
+        raise OSError(exc.errno, exc.strerror, path) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 import socket
+import threading
 import uuid
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -87,6 +89,72 @@ def s3_endpoint():
     server.stop()
 
 
+class StoppableS3:
+    """A real S3 endpoint that a test stops (connections are refused) and starts again on the same
+    port: moto's app behind a server of our own; moto keeps its buckets in this process, so they
+    outlive a stop. A PUT/POST
+    whose path matches `hold()` is parked until `release()`, then answered 503: an outage that
+    catches a request in flight."""
+
+    def __init__(self):
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        self.app = DomainDispatcherApplication(create_backend_app)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.url}
+        self.server, self.pattern = None, None
+        self.held, self.released = threading.Event(), threading.Event()
+        self.held_from, self.held_path = None, None  # the parked request's client port and path
+        self.start()
+
+    def __call__(self, environ, start_response):
+        pattern = self.pattern
+        if pattern and environ["REQUEST_METHOD"] in ("PUT", "POST") and re.search(pattern, environ["PATH_INFO"]):
+            self.pattern, self.held_from, self.held_path = None, int(environ["REMOTE_PORT"]), environ["PATH_INFO"]
+            self.held.set()
+            self.released.wait()
+            start_response("503 Service Unavailable", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>ServiceUnavailable</Code><Message>outage</Message></Error>"]
+        return self.app(environ, start_response)
+
+    def start(self) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", self.port, self, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def hold(self, pattern: str) -> None:
+        self.held.clear()
+        self.released.clear()
+        self.pattern = pattern
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+def stoppable_s3():
+    """A `StoppableS3` with a fresh bucket (`.bucket`), apart from the session's endpoint; the AWS
+    variables point this process at it."""
+    import boto3
+
+    server = StoppableS3()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
+        server.bucket = f"ark-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=server.bucket)
+        yield server
+    server.release()
+    server.stop()
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint) -> str:
     """A fresh, empty bucket; returns its name."""
@@ -121,3 +189,15 @@ def six_store(synth_root, tmp_path_factory) -> Path:
                                   "--workers", "1", "--samples-per-shard", "4", "--max-side", "64")
         assert code == 0, err
     return out
+
+
+@pytest.fixture(scope="session")
+def clean(six_store, tmp_path_factory):
+    """One uninterrupted tiny run, the reference every fault run must match: (teacher, round starts)."""
+    import faultruns
+
+    runs = tmp_path_factory.mktemp("clean")
+    with faultruns.driver(faultruns.args(six_store, runs, "clean"), runs / "driver.log") as proc:
+        text = faultruns.finish(proc, runs / "driver.log")
+    assert not faultruns.resumed(text)
+    return faultruns.final_teacher(runs / "clean"), faultruns.round_starts(runs / "clean")

@@ -8,6 +8,7 @@ import sys
 
 from ark_dist.config import load
 from ark_dist.data.remote import ShardReadError
+from ark_dist.fs import join
 
 
 def failure(error: BaseException) -> str:
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load(args.config, args.overrides)
-        from ark_dist.train.run import fit, preflight
+        from ark_dist.train.run import fit, preflight, storage
 
         preflight(cfg)
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
@@ -56,5 +57,5 @@ def main(argv: list[str]) -> int:
     if result.error:
         print(f"error: training failed: {failure(result.error)}", file=sys.stderr)
         return 1
-    print(f"done: {result.path}")
+    print(f"done: {join(storage(cfg.train.storage_path), cfg.train.name)}")
     return 0

@@ -15,6 +15,21 @@ def storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def storage_filesystem(path: str):
+    """Ray Train's (storage_path, storage_filesystem) for a run folder. An object store is reached
+    through s3fs with `fs.S3_RETRIES`: pyarrow's own S3 client gives up after 3 quick attempts, and
+    its retry setting is lost when Ray pickles the filesystem to the workers, so an endpoint down
+    for a few seconds during a checkpoint upload would fail the upload and restart the workers."""
+    if not path.startswith("s3://"):
+        return storage(path), None
+    import s3fs
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from ark_dist.fs import s3_options
+
+    return path.removeprefix("s3://"), PyFileSystem(FSSpecHandler(s3fs.S3FileSystem(**s3_options())))
+
+
 def preflight(cfg: Config) -> None:
     """Fail in the driver, in one line, before any worker starts: the store, the manifest and
     every dataset of the recipe must be there."""
@@ -91,12 +106,13 @@ def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
 
     engine = cfg.engine
     resources = {"CPU": engine.cpus_per_worker, **({"GPU": 1} if engine.use_gpu else {})}
+    path, filesystem = storage_filesystem(cfg.train.storage_path)
     return TorchTrainer(
         train_loop,
         train_loop_config=to_dict(cfg),
         scaling_config=ScalingConfig(num_workers=engine.num_workers, use_gpu=engine.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=cfg.train.name, storage_path=storage(cfg.train.storage_path),
+        run_config=RunConfig(name=cfg.train.name, storage_path=path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              callbacks=list(callbacks)),
