@@ -155,6 +155,15 @@ def stoppable_s3():
     server.stop()
 
 
+def upload_store(folder: Path, url: str) -> str:
+    """A local store copied into a bucket (the endpoint from AWS_ENDPOINT_URL); returns its URL."""
+    from ark_dist.fs import filesystem
+
+    fs, path = filesystem(url)
+    fs.put(f"{folder}/", path, recursive=True)
+    return url
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint) -> str:
     """A fresh, empty bucket; returns its name."""

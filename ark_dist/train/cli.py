@@ -47,15 +47,14 @@ def main(argv: list[str]) -> int:
     from ray.train import TrainingFailedError
 
     try:
-        result = fit(cfg)
+        error = fit(cfg).error
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingFailedError as exc:  # a rank failed more often than FailureConfig allows
-        print(f"error: training failed: {failure(exc)}", file=sys.stderr)
-        return 1
-    if result.error:
-        print(f"error: training failed: {failure(result.error)}", file=sys.stderr)
+        error = exc
+    if error:
+        print(f"error: training failed: {failure(error)}", file=sys.stderr)
         return 1
     print(f"done: {join(storage(cfg.train.storage_path), cfg.train.name)}")
     return 0

@@ -23,7 +23,7 @@ import pytest
 from ark_dist.data import (Cursor, DataConfig, DataError, EvalLoader, Store, StoreConfig, read_manifest,
                            round_steps, stages, train_loader)
 from ark_dist.data.config import ViewConfig
-from conftest import run_shards
+from conftest import run_shards, upload_store
 from shards.samples import read_tar, write_tar
 from test_bad_input import run, tiny
 
@@ -187,14 +187,6 @@ def test_the_loaders_skip_bad_shards_and_fail_beyond_the_budget_naming_the_shard
     assert str(root / DATASET) in str(info.value)
 
 
-def _upload(local: Path, bucket: str, endpoint: str) -> str:
-    """The manifest and DATASET's shards of a local store, under s3://bucket/store."""
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    for path in [local / "manifest.json", *sorted((local / DATASET).glob("*.tar"))]:
-        s3.put_object(Bucket=bucket, Key=f"store/{path.relative_to(local)}", Body=path.read_bytes())
-    return f"s3://{bucket}/store"
-
-
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no cache"])
 def test_s3_missing_swapped_and_short_objects_are_skipped_and_counted(data_store, s3_endpoint, s3_bucket, tmp_path,
                                                                       cached):
@@ -202,7 +194,7 @@ def test_s3_missing_swapped_and_short_objects_are_skipped_and_counted(data_store
     With the node cache a wrong shard is caught before any sample (its 5 are lost); streamed, only
     after its samples went by (1 counted)."""
     manifest = json.loads((data_store / "manifest.json").read_text())
-    url = _upload(data_store, s3_bucket, s3_endpoint)
+    url = upload_store(data_store, f"s3://{s3_bucket}/store")
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     train = [_shard(manifest, i) for i in range(3)]
     s3.put_object(Bucket=s3_bucket, Key=f"store/{train[0]['url']}", Body=(data_store / train[1]["url"]).read_bytes())

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
 import faultruns as fr
+from conftest import upload_store
 
 RETRY = re.compile(r"retrying read of (\S+) .*?attempt (\d+) of \d+ failed")
-
-
-def upload(folder: Path, url: str) -> str:
-    """A local store copied into the bucket; returns its URL."""
-    from ark_dist.fs import filesystem
-
-    fs, path = filesystem(url)
-    fs.put(f"{folder}/", path, recursive=True)
-    return url
 
 
 def retried(text: str) -> list[tuple[str, int]]:
@@ -40,7 +30,7 @@ def test_an_endpoint_down_for_seconds_while_shards_stream_is_waited_out(stoppabl
     """Stop the endpoint once a mid-round checkpoint exists, until a read has failed and been
     retried (3 s at least), then start it again: no worker restarts, same teacher."""
     teacher, _ = clean
-    store = upload(six_store, f"s3://{stoppable_s3.bucket}/store")
+    store = upload_store(six_store, f"s3://{stoppable_s3.bucket}/store")
     run, log = tmp_path / "runs" / "stream", tmp_path / "stream.log"
     with fr.driver(fr.args(store, tmp_path / "runs", "stream"), log, fr.env(**stoppable_s3.env)) as proc:
         fr.wait_for("a mid-round checkpoint", lambda: fr.mid_round(run), proc, log)
@@ -90,7 +80,7 @@ def test_an_endpoint_gone_for_good_is_one_error_naming_it_and_the_last_checkpoin
     checkpoint: one error line naming the stoppable_s3. Started again, the same command resumes from a
     complete checkpoint and ends with the uninterrupted teacher."""
     teacher, starts = clean
-    store, runs = upload(six_store, f"s3://{stoppable_s3.bucket}/store"), f"s3://{stoppable_s3.bucket}/runs"
+    store, runs = upload_store(six_store, f"s3://{stoppable_s3.bucket}/store"), f"s3://{stoppable_s3.bucket}/runs"
     run = f"{runs}/gone"
     argv = fr.args(store, runs, "gone", "train.max_failures=0")
     with fr.driver(argv, tmp_path / "gone.log", fr.env(**stoppable_s3.env)) as proc:
