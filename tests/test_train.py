@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -84,9 +85,9 @@ def test_two_workers_train_all_six_datasets_evaluate_and_checkpoint(six_datasets
             assert 0.0 <= metrics[f"auc/test/{name}/{model}"] <= 1.0 or math.isnan(metrics[f"auc/test/{name}/{model}"])
     assert 0.0 <= metrics["auc5/test/chexpert/teacher"] <= 1.0
     assert metrics["ema/momentum"] == pytest.approx(1.0) and metrics["lr"] == pytest.approx(1e-5)
-    first = sum(row[f"loss/task/{row_name(row)}"] for row in history[:len(ALL)]) / len(ALL)
-    last = sum(row[f"loss/task/{row_name(row)}"] for row in history[-len(ALL):]) / len(ALL)
-    assert last < first, f"the task loss did not fall: first epoch {first:.4f}, last {last:.4f}"
+    # The synthetic labels carry no signal in the pixels, so the loss need not fall here (that is
+    # test_a_visible_finding_is_learned's job); it must stay a number.
+    assert all(math.isfinite(row[f"loss/task/{row_name(row)}"]) for row in history)
     rounds = [(row["epoch"], row["round"]) for row in history]
     assert rounds == [(e, r) for e in range(EPOCHS) for r in range(len(ALL))]
     folder = Path(six_datasets.checkpoint.path)
@@ -137,6 +138,42 @@ def test_the_run_folder_holds_metrics_config_and_one_wandb_run_from_rank_0(six_d
 
 def row_name(row: dict) -> str:
     return ALL[row["round"]]
+
+
+@pytest.fixture(scope="module")
+def signal_store(tmp_path_factory):
+    """A Shenzhen-layout set whose label shows: every TB-positive image carries horizontal stripes
+    (a texture that any crop, shift or rotation keeps), the negatives do not. 160 images, so the
+    seeded val and test splits hold about 16 each."""
+    from shards import synth
+
+    raw, rng = tmp_path_factory.mktemp("signal"), np.random.default_rng(0)
+    stripes = 0.25 * np.sign(np.sin(2 * np.pi * np.arange(64) / 8))[:, None]
+    for i in range(160):
+        pixels = synth.radiograph(rng, 64, 64)
+        synth.write_png8(raw / "CXR_png" / f"CHNCXR_{i + 1:04d}_{i % 2}.png",
+                         np.clip(pixels + stripes, 0, 1) if i % 2 else pixels)
+    out = tmp_path_factory.mktemp("signalstore")
+    code, _, err = run_shards("build", "--source", "shenzhen", "--root", raw, "--out", out, "--quiet",
+                              "--workers", "1", "--samples-per-shard", "16", "--max-side", "64")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.slow
+def test_a_visible_finding_is_learned(signal_store, tmp_path, ray_cluster):
+    """Ark's recipe (SGD, Ark's views, EMA teacher) on 2 ranks learns a finding it can see: the
+    task loss falls and held-out AUC of student and teacher is near 1 (chance is 0.5)."""
+    from ark_dist.train.run import fit
+
+    result = fit(tiny_config(signal_store, tmp_path / "runs", "signal", "data.datasets=[shenzhen]", "train.epochs=6",
+                             "train.eval_every=6", "train.global_batch=8"))
+    assert result.error is None, result.error
+    losses = [row["loss/task/shenzhen"] for row in _history(result)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    for model in ("student", "teacher"):
+        for split in ("val", "test"):
+            assert result.metrics[f"auc/{split}/shenzhen/{model}"] >= 0.95, (split, model, result.metrics)
 
 
 @pytest.mark.slow
