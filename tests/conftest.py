@@ -92,9 +92,8 @@ def s3_endpoint():
 class StoppableS3:
     """A real S3 endpoint that a test stops (connections are refused) and starts again on the same
     port: moto's app behind a server of our own; moto keeps its buckets in this process, so they
-    outlive a stop. A PUT/POST
-    whose path matches `hold()` is parked until `release()`, then answered 503: an outage that
-    catches a request in flight."""
+    outlive a stop. A PUT/POST whose path matches `hold()` is parked until `release()`, then
+    answered 503: an outage that catches a request in flight."""
 
     def __init__(self):
         from moto.server import DomainDispatcherApplication, create_backend_app

@@ -5,29 +5,24 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import uuid
 
-import boto3
 import pytest
 
 from ark_dist.data import DataConfig, EvalLoader, ShardReadError, Store, StoreConfig, read_manifest
 from ark_dist.data.config import ViewConfig
-from conftest import StoppableS3, run_shards
+from conftest import run_shards
 
 
 @pytest.fixture
-def endpoint(s3_endpoint, synth_root):
+def endpoint(stoppable_s3, synth_root):
     """Its own server (so stopping it leaves the session's alone) with rsna_pneumonia built in."""
-    ep = StoppableS3()
-    bucket = f"ark-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=ep.url).create_bucket(Bucket=bucket)
+    ep = stoppable_s3
+    ep.store_url = f"s3://{ep.bucket}/store"
     code, _, err = run_shards("build", "--source", "rsna_pneumonia", "--root", synth_root / "rsna_pneumonia",
-                              "--out", f"s3://{bucket}/store", "--endpoint-url", ep.url, "--quiet", "--workers", "1",
+                              "--out", ep.store_url, "--endpoint-url", ep.url, "--quiet", "--workers", "1",
                               "--samples-per-shard", "2", "--max-side", "64")
     assert code == 0, err
-    ep.store_url = f"s3://{bucket}/store"
-    yield ep
-    ep.stop()
+    return ep
 
 
 def _config(ep, **store) -> DataConfig:

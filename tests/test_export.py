@@ -36,12 +36,12 @@ def trained(synth_root, tmp_path_factory):
                       "data.shuffle_buffer=16", "data.max_steps_per_round=2", f"model.backbone_kwargs={json.dumps(TINY)}",
                       "model.projector_dim=32", "engine.num_workers=1", "train.epochs=1", "train.global_batch=4",
                       "train.checkpoint_every=1", "train.keep_checkpoints=10", f"train.storage_path={root / 'runs'}",
-                      "train.name=tiny", "optim.lr=0.05", "optim.warmup_epochs=0"])
+                      "train.name=tiny", "train.max_failures=0", "optim.lr=0.05", "optim.warmup_epochs=0"])
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = fit(cfg, max_failures=0)
+        result = fit(cfg)
     finally:
         if started:
             ray.shutdown()

@@ -97,8 +97,9 @@ def start_ray() -> bool:
     return True
 
 
-def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
-    """The `TorchTrainer` of one run: `engine.num_workers` workers, checkpoints in the run folder."""
+def trainer(cfg: Config, *, max_failures: int, callbacks=()):
+    """The `TorchTrainer` of one run: `engine.num_workers` workers, checkpoints in the run folder,
+    `max_failures` worker-group restarts from the latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -119,9 +120,9 @@ def trainer(cfg: Config, *, max_failures: int = 3, callbacks=()):
     )
 
 
-def fit(cfg: Config, *, max_failures: int | None = None):
+def fit(cfg: Config):
     """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
     preflight(cfg)
     started = start_ray()
     check_resources(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
-    return trainer(cfg, max_failures=cfg.train.max_failures if max_failures is None else max_failures).fit()
+    return trainer(cfg, max_failures=cfg.train.max_failures).fit()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_SWIN, _free_port
+from faultruns import error_lines
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(TINY_SWIN).replace("'", "")
@@ -32,7 +33,7 @@ def run(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.Compl
 
 
 def assert_refused(done: subprocess.CompletedProcess, culprit: str) -> None:
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(done.stderr)
     assert done.returncode != 0, done.stdout[-1500:]
     assert len(errors) == 1 and culprit in errors[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr[-3000:]

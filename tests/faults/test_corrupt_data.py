@@ -24,6 +24,7 @@ from ark_dist.data import (Cursor, DataConfig, DataError, EvalLoader, Store, Sto
                            round_steps, stages, train_loader)
 from ark_dist.data.config import ViewConfig
 from conftest import run_shards, upload_store
+from faultruns import error_lines
 from shards.samples import read_tar, write_tar
 from test_bad_input import run, tiny
 
@@ -272,7 +273,7 @@ def test_a_run_skips_a_corrupt_sample_within_budget_and_fails_beyond_it_naming_t
     assert skipped >= 1
     done = _train(store, tmp_path, "beyond", "data.bad_sample_min=0", "data.bad_sample_fraction=0",
                   "train.max_failures=0")
-    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # Ray logs the rest
+    [line] = error_lines(done.stderr)  # Ray logs the rest
     print(f"beyond budget: {line}")
     assert done.returncode == 1 and line.startswith("error: training failed: DataError: shenzhen: 1 bad samples "
                                                     "exceed the budget") and str(shard) in line

@@ -77,7 +77,7 @@ def test_an_endpoint_down_during_a_checkpoint_upload_is_waited_out(stoppable_s3,
 def test_an_endpoint_gone_for_good_is_one_error_naming_it_and_the_last_checkpoint_resumes(stoppable_s3, six_store,
                                                                                           tmp_path, clean):
     """Shards and checkpoints in the bucket; the endpoint stops for good after a mid-round
-    checkpoint: one error line naming the stoppable_s3. Started again, the same command resumes from a
+    checkpoint: one error line naming the endpoint. Started again, the same command resumes from a
     complete checkpoint and ends with the uninterrupted teacher."""
     teacher, starts = clean
     store, runs = upload_store(six_store, f"s3://{stoppable_s3.bucket}/store"), f"s3://{stoppable_s3.bucket}/runs"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import faultruns as fr
 from ark_dist.train.safeload import safe_load
 from conftest import TINY_SWIN
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = str(TINY_SWIN).replace("'", "")
 
 
@@ -58,7 +58,7 @@ def _train(store, runs: Path, epochs: int) -> subprocess.CompletedProcess:
             "model.projector_dim=32", f"train.epochs={epochs}", "train.global_batch=4", "train.eval_every=4",
             f"train.storage_path={runs}", "train.name=tampered", "tracking.wandb=disabled",
             "train.max_failures=0"]  # the refusal is not transient: no restarts to wait through
-    return subprocess.run([sys.executable, "launch.py", "train", "--config", "configs/demo.yaml", *argv], cwd=REPO,
+    return subprocess.run([sys.executable, "launch.py", "train", "--config", "configs/demo.yaml", *argv], cwd=fr.REPO,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
 
 
@@ -76,7 +76,7 @@ def test_resuming_from_a_tampered_checkpoint_is_refused_and_the_payload_never_ru
         tampered += 1
     assert tampered
     done = _train(six_store, runs, epochs=2)  # the same name: it resumes from the last checkpoint
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    errors = fr.error_lines(done.stderr)
     assert done.returncode == 1 and len(errors) == 1, done.stderr[-3000:]
     assert "refused to unpickle posix.system" in errors[0] and "model_states.pt" in errors[0], errors
     assert not marker.exists()
