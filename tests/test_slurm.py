@@ -98,6 +98,14 @@ def bucket_objects(bucket: str, prefix: str) -> dict[str, bytes]:
     return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
+def slurm_logs(slurm_conf: str, lines: int = 15) -> str:
+    """The last lines of slurmctld's and slurmd's logs, for a failure message."""
+    out = []
+    for log in sorted((Path(slurm_conf).parent / "log").glob("*.log")):
+        out += [f"\n--- {log.name}", *log.read_text(errors="replace").splitlines()[-lines:]]
+    return "\n".join(out)
+
+
 def registered_checkpoints(bucket: str, run: str) -> list[str]:
     """The checkpoints Ray Train has registered for the run (what a restart resumes from)."""
     import boto3
@@ -134,12 +142,12 @@ def test_a_job_requeued_before_its_time_limit_resumes_finishes_and_leaves_nothin
     slurm_command("scancel", "--signal=USR1", "--batch", job, env=env)
     wait_for(lambda: job_state(job, env)["JobState"] == "PENDING", timeout=120, what="the job to be requeued")
     assert job_state(job, env)["Restarts"] == "1"
-    # Slurm holds a requeued job for about two minutes (BeginTime); release it now.
-    slurm_command("scontrol", "update", f"JobId={job}", "StartTime=now", env=env)
+    # Slurm holds the requeued job until its old credential expires (cred_expire=15 on the test
+    # cluster), then starts it again by itself.
     state = wait_for(lambda: (s := job_state(job, env))["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
                      and s, timeout=500, what="the requeued job to end", every=3)
     text = log.read_text()
-    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:]
+    assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0"), text[-4000:] + slurm_logs(slurm_conf)
 
     # The second start resumed from a checkpoint of the first, not from the beginning.
     first_start, second_start = [m.start() for m in re.finditer(r"job \d+ \(restart \d\)", text)]

@@ -35,6 +35,8 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 ReturnToService=2
+# A requeued job waits cred_expire + 1 s before it may start again (default 120 s): 15 s here.
+AuthInfo=cred_expire=15
 MpiDefault=none
 NodeName=$host CPUs=$(nproc) RealMemory=$(( $(free -m | awk '/Mem:/{print $2}') * 3 / 4 )) State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
