@@ -152,6 +152,8 @@ def test_a_job_requeued_before_its_time_limit_resumes_finishes_and_leaves_nothin
     # The second start resumed from a checkpoint of the first, not from the beginning.
     first_start, second_start = [m.start() for m in re.finditer(r"job \d+ \(restart \d\)", text)]
     assert "requeueing" in text[first_start:second_start]
+    # Ray was stopped without waiting out a node drain (30 s per node by default).
+    assert "Draining for up to" not in text, text[first_start:second_start][-3000:]
     resumed = re.search(r"resumed at epoch (\d+), round (\d+), step (\d+)", text[second_start:])
     assert resumed and resumed.groups() != ("0", "0", "0"), text[second_start:][-3000:]
     assert first  # the checkpoint it resumed from was registered before the signal
