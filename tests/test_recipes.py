@@ -16,8 +16,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_ark6_is_the_published_recipe():
     cfg = load(CONFIGS / "ark6.yaml")
     assert cfg.data.datasets == ARK6  # MIMIC, CheXpert, ChestX-ray14, RSNA Pneumonia, VinDr-CXR, Shenzhen
+    # Ark-6 starts from the official Swin release's ImageNet-22k model fine-tuned on 1k; Ark+ likewise for Swin-L.
     assert cfg.model.backbone == "swin_base_patch4_window7_224" and cfg.model.pretrained.endswith(
-        "swin_base_patch4_window7_224.pth")
+        "/swin_base_patch4_window7_224_22kto1k.pth")
+    assert load(CONFIGS / "ark_plus.yaml").model.pretrained.endswith("/swin_large_patch4_window12_384_22kto1k.pth")
     assert (cfg.model.projector, cfg.model.projector_dim) == ("linear", 1376)
     o = cfg.optim
     assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.3, 0.9, True, 0.0)
