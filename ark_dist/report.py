@@ -31,7 +31,10 @@ FILES = ("losses.png", "auc.png", "schedule.png", "summary.md")
 SCHEDULE = ("lr", "ema/momentum", "consistency/coef")
 # The keys read here must hold numbers where present; any other key may hold anything.
 NUMERIC_KEYS = ("step", "epochs_done", "throughput/img_per_s", "time/data_wait_pct", *SCHEDULE)
-NUMERIC_PREFIXES = ("loss/", "auc/", "auc5/", "data/skipped/")
+NUMERIC_PREFIXES = ("loss/", "auc/", "auc_all/", "data/skipped/")
+# AUC families: `auc` over a dataset's headline classes (data.metric_labels), `auc_all` over all
+# of them where those differ.
+AUC_FAMILIES = {"auc": "", "auc_all": " (all classes)"}
 SPLITS = (("val", "-"), ("test", "--"))  # (split, line style)
 MODELS = (("teacher", "C0"), ("student", "C1"))  # (model, colour)
 
@@ -101,15 +104,15 @@ def _points(rows: list[dict], key: str, *, x: str) -> tuple[list, list]:
 
 
 def _subjects(rows: list[dict]) -> list[tuple[str, str]]:
-    """(family, dataset) of each AUC panel, first seen first and `mean` last: family `auc` averages
-    a dataset's classes, `auc5` CheXpert's 5 competition classes (keys `<family>/<split>/<dataset>/<model>`)."""
+    """(family, dataset) of each AUC panel (keys `<family>/<split>/<dataset>/<model>`, families in
+    AUC_FAMILIES), first seen first and `mean` last."""
     seen = dict.fromkeys((parts[0], parts[2]) for row in rows for parts in map(lambda k: k.split("/"), row)
-                         if parts[0] in ("auc", "auc5") and len(parts) == 4)
+                         if parts[0] in AUC_FAMILIES and len(parts) == 4)
     return sorted(seen, key=lambda subject: subject[1] == "mean")  # stable: only moves the mean
 
 
 def _title(family: str, dataset: str) -> str:
-    return dataset if family == "auc" else f"{dataset} (5 classes)"
+    return dataset + AUC_FAMILIES[family]
 
 
 def _figure(**kwargs) -> Figure:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "cluster" / "k8s"
 K8S_VERSION = "1.33"
 TINY = str(TINY_SWIN).replace("'", "")
-S3_WEIGHTS = "model.pretrained=s3://ark-data/weights/swin_base_patch4_window7_224.pth"
+S3_WEIGHTS = "model.pretrained=s3://ark-data/weights/swin_base_patch4_window7_224_22kto1k.pth"
 
 
 def validator():
@@ -134,7 +134,7 @@ def test_the_committed_manifests_are_what_render_writes(name):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--config", "configs/ark6.yaml"], "model.pretrained='weights/swin_base_patch4_window7_224.pth' is a local path"),
+    (["train", "--config", "configs/ark6.yaml"], "model.pretrained='weights/swin_base_patch4_window7_224_22kto1k.pth' is a local path"),
     (["train", "--config", "configs/demo.yaml"], "data.store.url='out/demo/store' is a local path"),
     (["train", "--config", "configs/demo.yaml", "--allow-local-paths"], "must be absolute"),
     (["train", "--config", "configs/ark6.yaml", S3_WEIGHTS, "--pods", "1", "--gpus-per-pod", "4"],

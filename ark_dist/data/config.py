@@ -46,6 +46,11 @@ def _ark_policies() -> dict[str, PolicyConfig]:
     return {"chexpert": PolicyConfig(uncertain="lsr")}
 
 
+def _ark_metric_labels() -> dict[str, list[str]]:
+    # Ark reports CheXpert on the 5 classes of its competition (DESIGN 3).
+    return {"chexpert": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]}
+
+
 @dataclass(kw_only=True)
 class ViewConfig:
     """The student, teacher and evaluation views (DESIGN 3). Geometry is one affine warp per view,
@@ -85,6 +90,9 @@ class DataConfig:
     datasets: list[str] = field(default_factory=lambda: list(ARK6))  # round order of the cyclic schedule
     policies: dict[str, PolicyConfig] = field(default_factory=_ark_policies)  # per dataset
     default_policy: PolicyConfig = field(default_factory=PolicyConfig)  # for datasets not in `policies`
+    # Per dataset, the classes its headline AUC (`auc/<split>/<dataset>/*`, and so the mean over
+    # datasets that sweeps rank by) averages; a dataset not listed averages all its classes.
+    metric_labels: dict[str, list[str]] = field(default_factory=_ark_metric_labels)
     views: ViewConfig = field(default_factory=ViewConfig)
     num_workers: int = 4  # loader processes per rank
     prefetch_factor: int = 4  # batches each loader process keeps ready

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ark_dist.config import Config
@@ -59,10 +61,47 @@ def cpu_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.engine.cpus_per_worker)
 
 
+def _fp16_optimizer_masters(optimizer) -> dict[int, torch.Tensor]:
+    """id(low-precision param) -> its fp32 master, for DeepSpeed's FP16_Optimizer and
+    FP16_UnfusedOptimizer (bf16 or fp16 without ZeRO), which keep no per-parameter mapping: one
+    flat fp32 tensor per group (fused) or one fp32 tensor per parameter (unfused)."""
+    from torch._utils import _unflatten_dense_tensors
+
+    if hasattr(optimizer, "fp32_groups_flat"):
+        masters = [_unflatten_dense_tensors(flat, group)
+                   for group, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)]
+    else:
+        masters = getattr(optimizer, "fp32_groups", [])
+    return {id(p): m for group, fp32 in zip(optimizer.fp16_groups, masters) for p, m in zip(group, fp32)}
+
+
+@contextlib.contextmanager
+def master_parameters(engine):
+    """The student's parameters as the optimizer holds them, whole, in `engine.module.parameters()`
+    order: the fp32 master weights under bf16/fp16 (a late update smaller than the low-precision
+    step exists only there), the module's own under fp32. Every rank must enter (ZeRO gathers)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    with gathered_parameters(engine):
+        params = list(engine.module.parameters())
+        if engine.bfloat16_enabled() or engine.fp16_enabled():
+            # safe_get_full_fp32_param: ZeRO 1-3 and DeepSpeed's BF16_Optimizer (a collective on ZeRO).
+            full = [safe_get_full_fp32_param(p) if p.requires_grad else None for p in params]
+            flat = _fp16_optimizer_masters(engine.optimizer) if hasattr(engine.optimizer, "fp16_groups") else {}
+            params = [f if f is not None else flat.get(id(p), p) for p, f in zip(params, full)]
+        yield params
+
+
+def update_teacher(engine, teacher: torch.nn.Module, m: float) -> None:
+    """teacher = m teacher + (1 - m) student, from the optimizer's fp32 weights; every rank calls it."""
+    from ark_dist.method import ema_update
+
+    with master_parameters(engine) as student:
+        ema_update(teacher.parameters(), student, m)
+
+
 def gathered_parameters(engine):
     """A context in which `engine.module.parameters()` are whole on every rank (ZeRO-3 shards them)."""
-    import contextlib
-
     import deepspeed
 
     if engine.zero_optimization_stage() == 3:

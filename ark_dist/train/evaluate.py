@@ -9,7 +9,19 @@ import torch.distributed as dist
 
 from ark_dist.data import EvalLoader, render_eval
 
-CHEXPERT_COMPETITION = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+
+def metric_classes(entry: dict, data_config) -> list[str]:
+    """The classes of `entry`'s headline AUC (`data.metric_labels`, else all), checked against
+    the manifest's label names."""
+    names = data_config.metric_labels.get(entry["name"])
+    if names is None:
+        return list(entry["labels"])
+    unknown = [n for n in names if n not in entry["labels"]]
+    if unknown or not names:
+        raise ValueError(f"data.metric_labels.{entry['name']}: {unknown or 'an empty list'} not among its labels "
+                         f"({', '.join(entry['labels'])})")
+    return list(names)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -27,9 +39,11 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def summarize(entry: dict, scores: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    """scores/targets/masks: (N, K). Mean AUC over classes with both outcomes, per-class AUC, and
-    for multi-class heads the accuracy; CheXpert also on its 5 competition classes."""
+def summarize(entry: dict, scores: np.ndarray, targets: np.ndarray, masks: np.ndarray, *,
+              metric: list[str]) -> dict[str, float]:
+    """scores/targets/masks: (N, K). `auc`: the mean AUC over the `metric` classes that have both
+    outcomes (the headline); `auc_all`: over all classes, when `metric` is a subset; per-class
+    AUC; and for multi-class heads the accuracy."""
     out = {}
     aucs = {}
     for k, name in enumerate(entry["labels"]):
@@ -38,10 +52,10 @@ def summarize(entry: dict, scores: np.ndarray, targets: np.ndarray, masks: np.nd
         if value is not None:
             aucs[name] = value
             out[f"auc_class/{name}"] = value
-    out["auc"] = float(np.mean(list(aucs.values()))) if aucs else float("nan")
-    if entry["name"] == "chexpert":
-        five = [aucs[c] for c in CHEXPERT_COMPETITION if c in aucs]
-        out["auc5"] = float(np.mean(five)) if five else float("nan")
+    headline = [aucs[c] for c in metric if c in aucs]
+    out["auc"] = float(np.mean(headline)) if headline else float("nan")
+    if len(metric) < len(entry["labels"]):
+        out["auc_all"] = float(np.mean(list(aucs.values()))) if aucs else float("nan")
     if entry["task"] == "multiclass":
         keep = masks[:, 0] > 0
         out["accuracy"] = float((scores[keep].argmax(1) == targets[keep].argmax(1)).mean()) if keep.any() else float("nan")
@@ -76,4 +90,5 @@ def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, dat
     else:
         gathered = [local]
     merged = {k: np.concatenate([g[k] for g in gathered]) for k in local}
-    return {name: summarize(entry, merged[name], merged["targets"], merged["masks"]) for name in models}
+    metric = metric_classes(entry, data_config)
+    return {name: summarize(entry, merged[name], merged["targets"], merged["masks"], metric=metric) for name in models}

@@ -32,3 +32,20 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
         idle = sum(logits.sum() for other, logits in out.logits.items() if other != name)
         task = task_loss(out.logits[name], target, mask, kind) + 0.0 * idle
     return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
+
+
+SAMPLE_KEYS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "valid", "ids")
+
+
+def micro_batches(batch: dict, parts: int) -> list[dict]:
+    """A rank's step batch (B samples) as `parts` micro-batches of B / parts, in order. Gradient
+    accumulation over them equals one step on the whole batch: the micro-batches are equal in size
+    and DeepSpeed averages their gradients (exactly so where no label is masked; a masked label
+    weighs by its micro-batch's count instead of the whole batch's)."""
+    if parts == 1:
+        return [batch]
+    size = len(batch["valid"])
+    if size % parts:
+        raise ValueError(f"a batch of {size} does not split into {parts} equal micro-batches")
+    step = size // parts
+    return [{k: (v[i:i + step] if k in SAMPLE_KEYS else v) for k, v in batch.items()} for i in range(0, size, step)]

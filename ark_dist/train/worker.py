@@ -18,14 +18,14 @@ import torch
 from ark_dist.config import Config, to_dict
 from ark_dist.configtree import from_dict
 from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, mixed_loader, read_manifest, train_loader
-from ark_dist.method import consistency, ema_update, make_teacher, momentum
+from ark_dist.method import ArkSchedule, make_teacher
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
 from ark_dist.train import engine as engines
 from ark_dist.train import safeload
-from ark_dist.train.evaluate import evaluate
+from ark_dist.train.evaluate import evaluate, metric_classes
 from ark_dist.train.schedule import steps_per_round
-from ark_dist.train.step import ark_loss
+from ark_dist.train.step import ark_loss, micro_batches
 
 # Ray Train's print patch would show a worker's print() twice on the driver; a logger shows it once
 # (and lands in Ray Train's per-worker log files).
@@ -66,6 +66,8 @@ class Run:
         self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
         manifest = read_manifest(store)
         self.entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
+        for entry in self.entries:
+            metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
         self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order, saved with every checkpoint
         torch.manual_seed(cfg.train.seed)  # identical initial student (and so teacher) on every rank
         model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in self.entries})
@@ -77,10 +79,12 @@ class Run:
         self.interleaved = cfg.method.schedule == "interleaved"
         steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
         self.steps = [sum(steps)] if self.interleaved else steps
-        self.total_steps = cfg.train.epochs * sum(self.steps)
-        self.total_rounds = cfg.train.epochs * len(self.steps)
+        self.schedule = ArkSchedule(config=cfg.method, steps=tuple(self.steps), epochs=cfg.train.epochs)
+        # The loader yields one optimizer step's share of a rank (global / world); the step splits
+        # it into grad_accum micro-batches, so the data, and hence the run, are the same for any k.
         self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
-        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=self.total_steps,
+        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro,
+                                    total_steps=self.schedule.total_steps,
                                     warmup_steps=int(cfg.optim.warmup_epochs * sum(self.steps)))
         if cfg.engine.compile:
             engines.compile_models(self.engine, self.teacher)
@@ -136,8 +140,8 @@ class Run:
 
     # -- training ------------------------------------------------------------------------------
     def update_teacher(self, m: float) -> None:
-        with engines.gathered_parameters(self.engine):
-            ema_update(self.teacher.parameters(), self.engine.module.parameters(), m)
+        """EMA from the optimizer's fp32 weights (not the bf16/fp16 module copy), on every rank."""
+        engines.update_teacher(self.engine, self.teacher, m)
 
     def round_heads(self, index: int) -> list[tuple[str, str]]:
         """(dataset, task) of the heads a round trains: one per cyclic round, all when interleaved."""
@@ -152,34 +156,45 @@ class Run:
         return train_loader(entry=self.entries[cursor.round], **common)
 
     def train_round(self, epoch: int, index: int, start: int) -> dict:
-        cfg = self.cfg
+        cfg, schedule = self.cfg, self.schedule
         heads = self.round_heads(index)
-        done_rounds = epoch * len(self.steps) + index
-        c = consistency(cfg.method, done_rounds, self.total_rounds)
+        c = schedule.consistency(epoch, index)
         losses, tasks = [], []
+        ema = {}  # the last teacher update of the round: its r and m
         for step, batch in enumerate(self.meter.wrap(self.loader(Cursor(epoch, index, start))), start=start):
-            global_step = sum(self.steps) * epoch + sum(self.steps[:index]) + step
+            global_step = schedule.first_step(epoch, index) + step  # optimizer steps done before this one
             # Stochastic depth draws from torch's generator: seed it from the cursor, so a resumed
             # run draws what the uninterrupted one did (no RNG state to carry in checkpoints).
             torch.manual_seed(hash((cfg.train.seed, global_step, self.rank)) % 2**63)
-            loss, task = ark_loss(self.engine, self.teacher, batch, heads=heads, c=c, size=cfg.data.views.image_size,
+            loss, task = self.optimizer_step(batch, heads=heads, c=c)
+            losses.append(loss)
+            tasks.append(task)
+            if schedule.ema_per_step:
+                ema = {"ema/r": global_step, "ema/momentum": schedule.step_momentum(global_step)}
+                self.update_teacher(ema["ema/momentum"])
+            if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
+                self.save(Cursor(epoch, index, step + 1), {"loss": loss, "epoch": epoch, "round": index})
+        if not schedule.ema_per_step:
+            ema = {"ema/r": schedule.round_index(epoch, index), "ema/momentum": schedule.round_momentum(epoch, index)}
+            self.update_teacher(ema["ema/momentum"])
+        name = "interleaved" if self.interleaved else heads[0][0]
+        return {f"loss/{name}": sum(losses) / max(len(losses), 1), f"loss/task/{name}": sum(tasks) / max(len(tasks), 1),
+                "consistency/coef": c, **ema, "lr": self.engine.get_lr()[0], "optim/steps": self.engine.global_steps,
+                "epoch": epoch, "round": index, **self.meter.metrics()}
+
+    def optimizer_step(self, batch: dict, *, heads: list[tuple[str, str]], c: float) -> tuple[float, float]:
+        """One optimizer step on this rank's share of the global batch, as `engine.grad_accum`
+        micro-batches (DeepSpeed averages their gradients and steps after the last one); returns
+        the mean (loss, task loss) over the micro-batches."""
+        loss_sum = task_sum = 0.0
+        parts = micro_batches(batch, self.cfg.engine.grad_accum)
+        for micro in parts:
+            loss, task = ark_loss(self.engine, self.teacher, micro, heads=heads, c=c, size=self.cfg.data.views.image_size,
                                   dtype=self.dtype, device=self.device)
             self.engine.backward(loss)
-            self.engine.step()
-            losses.append(loss.item())
-            tasks.append(task.item())
-            if cfg.method.ema == "step":
-                self.update_teacher(momentum(cfg.method, global_step + 1, self.total_steps))
-            if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
-                self.save(Cursor(epoch, index, step + 1), {"loss": loss.item(), "epoch": epoch, "round": index})
-        if cfg.method.ema == "round":
-            self.update_teacher(momentum(cfg.method, done_rounds + 1, self.total_rounds))
-        name = "interleaved" if self.interleaved else heads[0][0]
-        ema_m = (momentum(cfg.method, done_rounds + 1, self.total_rounds) if cfg.method.ema == "round"
-                 else momentum(cfg.method, sum(self.steps) * epoch + sum(self.steps[:index + 1]), self.total_steps))
-        return {f"loss/{name}": sum(losses) / max(len(losses), 1), f"loss/task/{name}": sum(tasks) / max(len(tasks), 1),
-                "consistency/coef": c, "ema/momentum": ema_m, "lr": self.engine.get_lr()[0], "epoch": epoch,
-                "round": index, **self.meter.metrics()}
+            self.engine.step()  # an optimizer step only at the last micro-batch
+            loss_sum, task_sum = loss_sum + loss.item(), task_sum + task.item()
+        return loss_sum / len(parts), task_sum / len(parts)
 
     def evaluate(self) -> dict:
         out = {}
@@ -193,9 +208,9 @@ class Run:
                                    seed=self.cfg.train.seed, rank=self.rank, world=self.world,
                                    batch_size=self.micro, device=self.device, dtype=self.dtype)
                 for model, summary in results.items():
-                    out[f"auc/{split}/{entry['name']}/{model}"] = summary["auc"]
-                    if "auc5" in summary:  # CheXpert's 5 competition classes
-                        out[f"auc5/{split}/{entry['name']}/{model}"] = summary["auc5"]
+                    out[f"auc/{split}/{entry['name']}/{model}"] = summary["auc"]  # over data.metric_labels
+                    if "auc_all" in summary:
+                        out[f"auc_all/{split}/{entry['name']}/{model}"] = summary["auc_all"]
         student.train()
         for split in ("val", "test"):  # the sweep's default metric: the teacher's mean val AUC over datasets
             for model in ("student", "teacher"):
