@@ -4,7 +4,7 @@
             torch SGD, the EMA after every step: the loop a researcher writes first
   ark-dist  the trainer's own parts on Ray Train workers: the student in a DeepSpeed engine
             (ZeRO stage, precision and `--compile` as configured), the same `ark_loss`, the
-            teacher updated from (gathered) engine parameters
+            teacher updated from the optimizer's fp32 weights (gathered under ZeRO)
 
 Both run the same model, batch per rank and precision on synthetic batches already on the device
 (this measures the step, not the data plane: `bench data` does that). Figures are medians over
@@ -178,8 +178,7 @@ def _ark_dist_worker(spec: dict) -> None:
                            size=cfg.data.views.image_size, dtype=dtype, device=device)
         engine.backward(loss)
         engine.step()
-        with engines.gathered_parameters(engine):
-            ema_update(teacher.parameters(), engine.module.parameters(), 0.999)
+        engines.update_teacher(engine, teacher, 0.999)  # the trainer's EMA: from the fp32 master weights
 
     rates = _windows(step, device=device, warmup=spec["warmup"], steps=spec["steps"], repeats=spec["repeats"],
                      images_per_step=micro * world)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ class Run:
         self.cursor = Cursor()
         self.meter = DataMeter()
         self.history: list[dict] = []
+        self.last_step_end: float | None = None  # when the previous optimizer step ended (round boundaries)
 
     def log(self, line: str) -> None:
         if self.rank == 0:
@@ -159,9 +161,12 @@ class Run:
         cfg, schedule = self.cfg, self.schedule
         heads = self.round_heads(index)
         c = schedule.consistency(epoch, index)
-        losses, tasks = [], []
-        ema = {}  # the last teacher update of the round: its r and m
+        losses, tasks, step_s = [], [], []
+        ema, clock = {}, {}  # the last teacher update of the round (its r and m); the round's timings
         for step, batch in enumerate(self.meter.wrap(self.loader(Cursor(epoch, index, start))), start=start):
+            began = time.perf_counter()
+            if step == start and self.last_step_end is not None:  # since the previous round's last step
+                clock["time/boundary_s"] = began - self.last_step_end
             global_step = schedule.first_step(epoch, index) + step  # optimizer steps done before this one
             # Stochastic depth draws from torch's generator: seed it from the cursor, so a resumed
             # run draws what the uninterrupted one did (no RNG state to carry in checkpoints).
@@ -172,15 +177,19 @@ class Run:
             if schedule.ema_per_step:
                 ema = {"ema/r": global_step, "ema/momentum": schedule.step_momentum(global_step)}
                 self.update_teacher(ema["ema/momentum"])
+            self.last_step_end = time.perf_counter()
+            step_s.append(self.last_step_end - began)
             if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < self.steps[index]:
                 self.save(Cursor(epoch, index, step + 1), {"loss": loss, "epoch": epoch, "round": index})
         if not schedule.ema_per_step:
             ema = {"ema/r": schedule.round_index(epoch, index), "ema/momentum": schedule.round_momentum(epoch, index)}
             self.update_teacher(ema["ema/momentum"])
+        if step_s:
+            clock["time/step_median_s"] = statistics.median(step_s)
         name = "interleaved" if self.interleaved else heads[0][0]
         return {f"loss/{name}": sum(losses) / max(len(losses), 1), f"loss/task/{name}": sum(tasks) / max(len(tasks), 1),
                 "consistency/coef": c, **ema, "lr": self.engine.get_lr()[0], "optim/steps": self.engine.global_steps,
-                "epoch": epoch, "round": index, **self.meter.metrics()}
+                "epoch": epoch, "round": index, **clock, **self.meter.metrics()}
 
     def optimizer_step(self, batch: dict, *, heads: list[tuple[str, str]], c: float) -> tuple[float, float]:
         """One optimizer step on this rank's share of the global batch, as `engine.grad_accum`
