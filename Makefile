@@ -2,14 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
+# Every file that decides what is installed; a change to any of them re-runs the install.
+REQUIREMENTS := requirements.txt requirements-dev.txt constraints.txt cluster/pip-install.sh
+HASH := $(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-runtime-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
 .PHONY: setup slurm test test-gpu demo bench-shards clean
 
-$(STAMP): requirements.txt constraints.txt cluster/pip-install.sh
+# The runtime stack only (requirements.txt), as the container image has it.
+$(STAMP): $(REQUIREMENTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	bash cluster/pip-install.sh $(PY)
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
+	rm -f $(VENV)/.installed-runtime-* && touch $(STAMP)
+
+# The runtime stack and the test tools (requirements-dev.txt): what the tests need.
+$(DEV_STAMP): $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	bash cluster/pip-install.sh $(PY) --dev
+	rm -f $(VENV)/.installed-* && touch $(STAMP) $(DEV_STAMP)
 
 setup: $(STAMP)
 
@@ -22,10 +33,10 @@ slurm:
 	  apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q slurm-wlm munge >/dev/null; }; \
 	fi
 
-test: $(STAMP) slurm
+test: $(DEV_STAMP) slurm
 	$(PY) -m pytest -m "not gpu" --durations=15 $(PYTEST_ARGS)
 
-test-gpu: $(STAMP)
+test-gpu: $(DEV_STAMP)
 	$(PY) -m pytest -m gpu --durations=15 $(PYTEST_ARGS)
 
 # The main job on the embedded default: synthetic look-alikes of the six datasets -> shards ->
