@@ -11,6 +11,7 @@ import torch
 from ark_dist.data import (Cursor, DataConfig, DataError, EvalLoader, Store, StoreConfig, dataset_entry,
                            mixed_loader, read_manifest, round_steps, train_loader)
 from ark_dist.data.config import ViewConfig
+from conftest import read_store_samples
 from shards.samples import write_tar
 
 
@@ -76,9 +77,10 @@ def _same(a, b) -> bool:
     return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
+@pytest.mark.parametrize("sampling", ["epoch", "resampled"])
 @pytest.mark.parametrize("start", [1, 3, 4])
-def test_resume_yields_the_same_next_batches(data_store, start):
-    config = _config(data_store, num_workers=2)
+def test_resume_yields_the_same_next_batches(data_store, start, sampling):
+    config = _config(data_store, num_workers=2, sampling=sampling)
     entry = _entry(config, "chexpert")
     args = dict(entry=entry, config=config, seed=5, rank=1, world=2, global_batch=2)
     full = _batches(train_loader(cursor=Cursor(epoch=3, round=1, step=0), **args))
@@ -218,3 +220,148 @@ def test_meter_reports_throughput_wait_share_and_loader_counters(data_store):
     assert metrics["data/bytes_read"] > 0 and metrics["data/skipped/chexpert"] == 0
     assert meter.samples == 0, "metrics() starts a new interval"
     assert count == round_steps(entry, global_batch=2, max_steps=None) * 2
+
+
+# -- data.sampling: epoch (a round is one pass over the training split) --------------------------
+EPOCH_SETS = ["chexpert", "vindr_cxr", "rsna_pneumonia"]  # train shards of 3/3/3/2, 4/4/3 and 5/5/2 samples
+
+
+def _store_train_ids(root, name) -> set[str]:
+    """The train split's ids, read from the shards themselves (not through ark_dist.data)."""
+    return {i for i, facts in read_store_samples(root, name).items() if facts["_split"] == "train"}
+
+
+def _round(config, entry, *, world, global_batch, cursor=Cursor(epoch=0, round=0, step=0), seed=7):
+    """Every rank's batches of one round: {rank: [batch, ...]}."""
+    return {rank: list(train_loader(entry=entry, config=config, seed=seed, cursor=cursor, rank=rank, world=world,
+                                    global_batch=global_batch)) for rank in range(world)}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_round_sees_every_sample_at_most_once_and_all_but_one_global_batch(data_store, world, workers):
+    config = _config(data_store, num_workers=workers, sampling="epoch")
+    manifest = json.loads((data_store / "manifest.json").read_text())["datasets"]
+    for name in EPOCH_SETS:
+        entry = _entry(config, name)
+        counts = [s["num_samples"] for s in manifest[name]["splits"]["train"]["shards"]]
+        assert len(set(counts)) > 1, "the store must have uneven shards for this test"
+        total, stored = sum(counts), _store_train_ids(data_store, name)
+        assert len(stored) == total
+        for per_rank in (1, 2):
+            global_batch = per_rank * world
+            by_rank = _round(config, entry, world=world, global_batch=global_batch)
+            assert {len(b) for b in by_rank.values()} == {total // global_batch}, (name, "same steps on every rank")
+            seen = [i for batches in by_rank.values() for b in batches for i in b["ids"]]
+            assert all(len(b["ids"]) == per_rank for batches in by_rank.values() for b in batches)
+            assert len(seen) == len(set(seen)), (name, global_batch, "a sample trained on twice in one round")
+            assert set(seen) <= stored and len(seen) > total - global_batch, (name, global_batch)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_round_resumed_mid_round_yields_exactly_the_remaining_batches(data_store, world, workers):
+    config = _config(data_store, num_workers=workers, sampling="epoch")
+    entry = _entry(config, "chexpert")  # 11 samples: 5 steps on 2 ranks, 3 on 3 (one sample per rank and step)
+    full = {r: _batches(b) for r, b in _round(config, entry, world=world, global_batch=world,
+                                              cursor=Cursor(epoch=2, round=1, step=0)).items()}
+    steps = len(full[0])
+    assert steps >= 3
+    for start in (1, steps - 1):
+        resumed = _round(config, entry, world=world, global_batch=world, cursor=Cursor(epoch=2, round=1, step=start))
+        for rank in range(world):
+            batches = _batches(resumed[rank])
+            assert len(batches) == steps - start
+            assert all(_same(a, b) for a, b in zip(full[rank][start:], batches)), (rank, start)
+
+
+def test_two_epochs_read_a_round_in_different_orders(data_store):
+    config = _config(data_store, num_workers=2, sampling="epoch")
+    for name in EPOCH_SETS:
+        entry = _entry(config, name)
+        orders = []
+        for epoch in (0, 1):
+            by_rank = _round(config, entry, world=2, global_batch=2, cursor=Cursor(epoch=epoch, round=0, step=0))
+            orders.append([i for r in (0, 1) for b in by_rank[r] for i in b["ids"]])
+            assert len(orders[-1]) == len(set(orders[-1]))
+        assert orders[0] != orders[1], name
+
+
+def test_an_epoch_stream_opens_only_the_shards_its_range_overlaps(data_store):
+    """Streams read contiguous ranges of one pass: together they open at most every shard once plus
+    one per range boundary. (Resampled streams fill their shuffle buffers from many shards.)"""
+    world, workers = 3, 2
+    manifest = json.loads((data_store / "manifest.json").read_text())["datasets"]
+    opened = {}
+    for sampling in ("epoch", "resampled"):
+        config = _config(data_store, num_workers=workers, sampling=sampling)
+        entry = _entry(config, "chexpert")
+        streams = {}
+        for rank, batches in _round(config, entry, world=world, global_batch=world).items():
+            for b in batches:
+                streams[(rank, b["stats"][0]["worker"])] = b["stats"][0]["shards"]  # cumulative per stream
+        opened[sampling] = sum(streams.values())
+    bound = len(manifest["chexpert"]["splits"]["train"]["shards"]) + world * workers - 1
+    assert opened["epoch"] <= bound < opened["resampled"]
+
+
+def test_an_epoch_round_with_a_missing_shard_still_gives_every_rank_its_batches(data_store, tmp_path):
+    """Bad samples leave a stream short of its range: it goes on with the samples after the range,
+    so no rank falls behind in a collective."""
+    root = tmp_path / "store"
+    shutil.copytree(data_store, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / manifest["datasets"]["rsna_pneumonia"]["splits"]["train"]["shards"][1]["url"]).unlink()  # 5 of 12 gone
+    config = _config(root, num_workers=2, sampling="epoch", bad_sample_min=100)
+    entry = _entry(config, "rsna_pneumonia")
+    by_rank = _round(config, entry, world=2, global_batch=4)
+    assert [len(b) for b in by_rank.values()] == [12 // 4] * 2
+    assert max(s["skipped"] for batches in by_rank.values() for b in batches for s in b["stats"]) > 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_interleaved_epoch_sees_each_dataset_once_in_the_share_of_its_round(data_store, workers):
+    """Epoch sampling, interleaved: dataset d contributes exactly steps_d x global batch samples of
+    its cyclic round, none twice, over all ranks; every rank yields the same number of batches."""
+    world, global_batch = 2, 4
+    config = _config(data_store, num_workers=workers, sampling="epoch")
+    manifest = json.loads((data_store / "manifest.json").read_text())["datasets"]
+    entries = [_entry(config, n) for n in MIXED]
+    seen = {n: [] for n in MIXED}
+    lengths = set()
+    for rank in range(world):
+        batches = list(mixed_loader(entries=entries, config=config, seed=4, cursor=Cursor(epoch=1), rank=rank,
+                                    world=world, global_batch=global_batch))
+        lengths.add(len(batches))
+        for b in batches:
+            for i, d in zip(b["ids"], b["dataset"].tolist()):
+                seen[MIXED[d]].append(i)
+    steps = [manifest[n]["splits"]["train"]["num_samples"] // global_batch for n in MIXED]
+    assert lengths == {sum(steps)}
+    for name, count in zip(MIXED, steps):
+        assert len(seen[name]) == len(set(seen[name])) == count * global_batch, name
+        assert set(seen[name]) <= _store_train_ids(data_store, name)
+
+
+def test_sampling_is_validated_naming_the_key(tmp_path):
+    from ark_dist.configtree import load_config
+
+    with pytest.raises(ValueError, match="data.sampling"):
+        DataConfig(sampling="shuffled").validate()
+    path = tmp_path / "data.yaml"
+    path.write_text("sampling: once\n")
+    with pytest.raises(ValueError, match="sampling"):
+        load_config(DataConfig, path)
+
+
+# -- the canvas against the store's stored size -------------------------------------------------
+def test_canvas_warnings_name_each_dataset_stored_smaller_than_the_canvas(data_store):
+    from ark_dist.data import canvas_warnings
+
+    manifest = json.loads((data_store / "manifest.json").read_text())["datasets"]
+    entries = [manifest[n] for n in EPOCH_SETS]
+    assert {e["image"]["max_side"] for e in entries} == {96}  # the fixture's --max-side
+    assert canvas_warnings(entries, load_size=96) == []
+    lines = canvas_warnings(entries, load_size=97)
+    assert len(lines) == 3 and all("data.views.load_size=97" in line and "96" in line for line in lines)
+    assert [n for n in EPOCH_SETS if any(n in line for line in lines)] == EPOCH_SETS

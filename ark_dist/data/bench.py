@@ -1,7 +1,9 @@
 """`python launch.py bench data`: what the data plane delivers, side by side in one run.
 
-  decode        pure decode of the stored images (one core): the ceiling of this design
-  pipeline      the loader (decode + policy + view draws + batch) in one process, then N processes
+  decode        pure decode of the stored images (one core): the ceiling of this design; and their
+                decode onto each --load-sizes canvas (what the loader does)
+  pipeline      the loader (decode + policy + view draws + batch) in one process, then N processes,
+                for each canvas side in --load-sizes (e.g. 256,512: the cost of a larger canvas)
   + views       the same with both views rendered on this machine's CPU (on a GPU they are ~free)
   reference     the reference code's style: a torch Dataset opening full-size original PNGs with
                 PIL and augmenting both views with torchvision transforms, same processes
@@ -28,6 +30,7 @@ import torch
 from PIL import Image
 
 from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, read_manifest, render
+from ark_dist.data.stages import decode_image
 from ark_dist.data.stream import TrainStream, make_loader
 from ark_dist.data.config import ViewConfig
 
@@ -43,21 +46,32 @@ def _args(argv):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=40, help="batches timed per measurement")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--load-sizes", default=str(ViewConfig().load_size),
+                   help="canvas sides (data.views.load_size) to measure side by side, e.g. 256,512 "
+                        f"(default {ViewConfig().load_size})")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--s3", action="store_true", help="also stream through a local S3 server (moto) and a cache")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     args.workers = sorted({int(w) for w in args.workers.split(",")})
+    args.load_sizes = [int(x) for x in dict.fromkeys(args.load_sizes.split(","))]
     return args
 
 
 def _median_rate(func, count: int, repeats: int) -> float:
-    times = []
+    return _median_rates({None: func}, count, repeats)[None]
+
+
+def _median_rates(funcs: dict, count: int, repeats: int) -> dict:
+    """Images/s of each function, timed in turns (one repeat of each, then the next), so a machine
+    whose load drifts during the run weighs on all of them alike."""
+    times = {name: [] for name in funcs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return count / statistics.median(times)
+        for name, func in funcs.items():
+            start = time.perf_counter()
+            func()
+            times[name].append(time.perf_counter() - start)
+    return {name: count / statistics.median(spent) for name, spent in times.items()}
 
 
 def _synthetic_store(folder: Path, images: int) -> tuple[str, Path]:
@@ -86,6 +100,12 @@ def _stored_images(config: DataConfig, entry: dict) -> list[bytes]:
 
 def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> float:
     """Images/s of the train stream; `config` may be a function returning a fresh one per repeat."""
+    return _median_rate(_loader_run(config, entry, args, workers, with_views=with_views), args.batches * args.batch,
+                        args.repeats)
+
+
+def _loader_run(config, entry, args, workers: int, *, with_views: bool):
+    """One timed pass of the train stream: `args.batches` batches of `args.batch`."""
     size = args.image_size
 
     def run():
@@ -98,7 +118,7 @@ def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> floa
                 render(batch["image"], batch["theta_student"], size, batch["photo"])
                 render(batch["image"], batch["theta_teacher"], size)
 
-    return _median_rate(run, args.batches * args.batch, args.repeats)
+    return run
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
@@ -142,24 +162,33 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         folder = Path(tmp)
         url, raw = (args.store, None) if args.store else _synthetic_store(folder, args.images)
-        config = DataConfig(store=StoreConfig(url=url), views=ViewConfig(image_size=args.image_size),
-                            shuffle_buffer=256)
+        configs = {size: DataConfig(store=StoreConfig(url=url), shuffle_buffer=256,
+                                    views=ViewConfig(image_size=args.image_size, load_size=size))
+                   for size in args.load_sizes}
+        config = configs[args.load_sizes[0]]
         entry = read_manifest(Store(config.store))[args.dataset]
         images = _stored_images(config, entry)
         report = {"dataset": args.dataset, "store": url, "batch": args.batch, "cores": os.cpu_count(),
                   "stored_image": entry["image"]}
         report["decode_img_per_s"] = _median_rate(lambda: [Image.open(io.BytesIO(b)).load() for b in images],
                                                   len(images), args.repeats)
+        report["canvas_decode_img_per_s"] = _median_rates(
+            {size: (lambda size=size: [decode_image(b, size) for b in images]) for size in args.load_sizes},
+            len(images), args.repeats)
         originals = sorted(raw.rglob("*.png")) if raw else _originals(folder, args.images)
         report["original_decode_img_per_s"] = _median_rate(
             lambda: [Image.open(p).load() for p in originals], len(originals), args.repeats)
-        report["workers"] = {}
-        for w in args.workers:
-            row = {"pipeline": _loader_rate(config, entry, args, w, with_views=False),
-                   "pipeline_with_cpu_views": _loader_rate(config, entry, args, w, with_views=True),
-                   "reference": _reference_rate(originals, args, w)}
-            row["per_core_vs_reference"] = row["pipeline"] / row["reference"]
-            report["workers"][w] = row
+        reference = {w: _reference_rate(originals, args, w) for w in args.workers}  # crops the originals: no canvas
+        report["load_sizes"] = {size: {} for size in configs}
+        for w in args.workers:  # the canvas sides in turns, repeat after repeat
+            runs = {(size, views): _loader_run(sized, entry, args, w, with_views=views)
+                    for size, sized in configs.items() for views in (False, True)}
+            rates = _median_rates(runs, args.batches * args.batch, args.repeats)
+            for size in configs:
+                row = {"pipeline": rates[size, False], "pipeline_with_cpu_views": rates[size, True],
+                       "reference": reference[w]}
+                report["load_sizes"][size][w] = {**row, "per_core_vs_reference": row["pipeline"] / row["reference"]}
+        report["workers"] = report["load_sizes"][args.load_sizes[0]]
         report["pipeline_share_of_decode"] = report["workers"][min(args.workers)]["pipeline"] / (
             report["decode_img_per_s"] * max(1, min(args.workers)))  # one process against one core's decode
         if args.s3:
@@ -186,10 +215,19 @@ def _print(r: dict) -> None:
           f"{r['cores']} cores")
     print(f"  stored image decode (1 core)     {r['decode_img_per_s']:9.1f} img/s")
     print(f"  original PNG decode (1 core)     {r['original_decode_img_per_s']:9.1f} img/s")
-    print(f"\n  {'workers':>7s} {'pipeline':>10s} {'+cpu views':>11s} {'reference':>10s} {'vs ref':>8s}   (img/s)")
-    for w, row in r["workers"].items():
-        print(f"  {w:7d} {row['pipeline']:10.1f} {row['pipeline_with_cpu_views']:11.1f} {row['reference']:10.1f} "
-              f"{row['per_core_vs_reference']:7.1f}x")
+    for size, rate in r["canvas_decode_img_per_s"].items():
+        print(f"  decode onto a {size} px canvas    {rate:9.1f} img/s")
+    print(f"\n  {'canvas':>6s} {'workers':>7s} {'pipeline':>10s} {'+cpu views':>11s} {'reference':>10s} {'vs ref':>8s}"
+          f"   (img/s)")
+    for size, rows in r["load_sizes"].items():
+        for w, row in rows.items():
+            print(f"  {size:6d} {w:7d} {row['pipeline']:10.1f} {row['pipeline_with_cpu_views']:11.1f} "
+                  f"{row['reference']:10.1f} {row['per_core_vs_reference']:7.1f}x")
+    first, *others = r["load_sizes"]
+    for size in others:
+        rows, base = r["load_sizes"][size], r["load_sizes"][first]
+        ratios = ", ".join(f"{w} workers {rows[w]['pipeline'] / base[w]['pipeline']:.2f}" for w in rows)
+        print(f"  pipeline at {size} px / at {first} px: {ratios}")
     print(f"\n  pipeline per worker / pure stored decode: {100 * r['pipeline_share_of_decode']:.0f}%  (target >= 70%)")
     if "s3" in r:
         s3 = r["s3"]

@@ -57,7 +57,7 @@ class ViewConfig:
     drawn in the loader and applied to whole batches on the training device."""
 
     image_size: int = 224  # network input side (768 for Ark+)
-    load_size: int = 256  # side of the square canvas the loader decodes to
+    load_size: int = 512  # side of the square canvas the loader decodes to; crops come from it (Ark-6: 512, the stored side)
     teacher: Literal["same_geometry", "whole_image"] = "same_geometry"  # MICCAI 2023 | Ark+
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # RandomResizedCrop aspect range
@@ -92,11 +92,16 @@ class DataConfig:
     default_policy: PolicyConfig = field(default_factory=PolicyConfig)  # for datasets not in `policies`
     # Per dataset, the classes its headline AUC (`auc/<split>/<dataset>/*`, and so the mean over
     # datasets that sweeps rank by) averages; a dataset not listed averages all its classes.
-    metric_labels: dict[str, list[str]] = field(default_factory=_ark_metric_labels)
+    metric_labels: dict[str, list[str]] = field(default_factory=_ark_metric_labels)  # headline AUC classes; unlisted: all
     views: ViewConfig = field(default_factory=ViewConfig)
+    # What a round reads: `epoch` (Ark) = one pass over the dataset's train split in a seeded shard
+    # order, every sample at most once and all but fewer than one global batch of them, ranks and
+    # loader processes on disjoint ranges; `resampled` = shards drawn with replacement (about a
+    # third of the split goes unseen in a round).
+    sampling: Literal["epoch", "resampled"] = "epoch"  # a round is one pass (Ark) | shards drawn with replacement
     num_workers: int = 4  # loader processes per rank
     prefetch_factor: int = 4  # batches each loader process keeps ready
-    shuffle_buffer: int = 2000  # samples mixed across resampled shards
+    shuffle_buffer: int = 2000  # samples each loader stream mixes (across shards) before yielding them
     max_steps_per_round: int | None = None  # cap on a round's steps (huge datasets don't drown small ones)
     bad_sample_fraction: float = 0.01  # bad samples (undecodable, or in a bad shard) tolerated per loader stream ...
     bad_sample_min: int = 10  # ... but always at least this many
@@ -104,6 +109,8 @@ class DataConfig:
     def validate(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise ValueError("data.datasets must list each dataset once")
+        if self.sampling not in ("epoch", "resampled"):
+            raise ValueError(f"data.sampling={self.sampling!r} must be epoch or resampled")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.shuffle_buffer < 1:
             raise ValueError("data: num_workers >= 0, prefetch_factor >= 1 and shuffle_buffer >= 1 are required")
         if self.max_steps_per_round is not None and self.max_steps_per_round < 1:

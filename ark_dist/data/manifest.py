@@ -27,3 +27,14 @@ def dataset_entry(datasets: dict, name: str, *, splits: tuple[str, ...] = ("trai
         if split not in entry["splits"] or not entry["splits"][split]["num_samples"]:
             raise ValueError(f"dataset {name!r} has no {split!r} samples in the manifest")
     return entry
+
+
+def canvas_warnings(entries: list[dict], *, load_size: int) -> list[str]:
+    """One line per dataset whose stored images are smaller than the loader's canvas: the manifest's
+    `image.max_side` (the build's `--max-side`) below `data.views.load_size`. The canvas would only
+    upsample them, so crops hold less detail than the recipe expects; rebuild with a larger
+    `--max-side` or lower the load size."""
+    return [f"data.views.load_size={load_size} is larger than the images stored for {e['name']} "
+            f"(max_side {e['image']['max_side']} px in the manifest): the canvas upsamples them; build the store "
+            f"with --max-side {load_size} or set data.views.load_size={e['image']['max_side']}"
+            for e in entries if e["image"]["max_side"] < load_size]

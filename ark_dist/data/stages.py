@@ -1,6 +1,11 @@
 """The loader pipeline as small named stages; each is a generator over the previous one's output.
 
-    shards (resampled | assigned) -> tar_samples -> shuffle -> number -> skip -> decode -> label -> views -> batched
+    shards (resampled | sequence) -> tar_samples -> (shuffle | share) -> number -> skip -> decode
+        -> label -> views -> batched
+
+`data.sampling: resampled` draws shards with replacement and shuffles the endless stream; `epoch`
+reads the stream's own range of the round's pass over the shards (`sequence`, plan.py) and
+shuffles exactly that range (`share`).
 
 A sample is a dict that grows as it flows: `key`, `shard` (its URL), `position`, `parts` (raw bytes) after
 `tar_samples`; `image` (1, L, L) uint8, `size` (w, h) and `facts` after `decode`; `target`/`mask`
@@ -10,6 +15,7 @@ after `label`; `theta_student`/`theta_teacher`/`photo` after `views`.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 
@@ -54,6 +60,23 @@ def resampled(shards: list[dict], rng: np.random.Generator) -> Iterator[dict]:
     weights /= weights.sum()
     while True:
         yield shards[rng.choice(len(shards), p=weights)]
+
+
+def sequence(shards: list[dict], start: int) -> Iterator[dict]:
+    """The shards laid end to end as one sequence of samples that repeats, from sample `start` on:
+    the shard it falls in comes first with `first` set (its samples before that are read, not
+    yielded), then every shard in order, and again. Endless: the caller stops pulling."""
+    total = sum(s["num_samples"] for s in shards)
+    if total <= 0:
+        raise ValueError("no training samples in the shards")
+    offset = start % total
+    while True:
+        for shard in shards:
+            if offset >= shard["num_samples"]:
+                offset -= shard["num_samples"]
+                continue
+            yield {**shard, "first": offset} if offset else shard
+            offset = 0
 
 
 class DamagedShard(Exception):
@@ -175,13 +198,14 @@ def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Ite
     samples count as bad; an outage that outlasts the retries raises `ShardReadError`."""
     for shard, handle in opened(shards, store, counters):
         counters.shards += 1
-        url, count, why = store.describe(shard["url"]), 0, None
+        url, count, why, first = store.describe(shard["url"]), 0, None, shard.get("first", 0)
         with handle:
             try:
                 for key, parts in grouped(tar_members(handle), counters):
                     if count == shard["num_samples"]:
                         raise DamagedShard("more samples than the manifest lists")
-                    yield {"key": key, "shard": url, "position": count, "parts": parts}
+                    if count >= first:  # a `sequence` range may begin inside the shard
+                        yield {"key": key, "shard": url, "position": count, "parts": parts}
                     count += 1
                 handle.finish()  # a mismatch here comes after the samples were yielded: flagged, not undone
             except BadShard as exc:
@@ -191,7 +215,7 @@ def tar_samples(shards: Iterable[dict], store: Store, counters: Counters) -> Ite
         if why is None and count < shard["num_samples"]:
             why = f"{url} ended early"
         if why is not None:
-            lost(counters, shard, read=count, why=why)
+            lost(counters, shard, read=max(count, first), why=why)
 
 
 def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, initial: int = 100) -> Iterator[dict]:
@@ -212,6 +236,17 @@ def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, ini
             yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
+
+
+def share(samples: Iterable[dict], count: int, size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """The first `count` samples (a stream's range of the round) shuffled in a buffer of up to
+    `size`, none read beyond them; then the samples that follow, in order. Those are reached only
+    when bad samples left the range short, so every rank still yields its batches (a sample may
+    then be trained on twice in the round). A streamed shard's sha256 is checked once its end is
+    read, so here only by the stream whose range runs past that end."""
+    iterator = iter(samples)
+    yield from shuffle(itertools.islice(iterator, count), max(1, min(size, count)), rng)
+    yield from iterator
 
 
 def number(samples: Iterable[dict]) -> Iterator[dict]:
