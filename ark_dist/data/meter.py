@@ -15,7 +15,7 @@ class DataMeter:
         self._reset()
 
     def _reset(self) -> None:
-        self.wait_s = self.busy_s = 0.0
+        self.wait_s = self.busy_s = self.last_wait_s = 0.0
         self.samples = 0
         self._interval_start = time.perf_counter()
 
@@ -28,7 +28,8 @@ class DataMeter:
             except StopIteration:
                 return
             got = time.perf_counter()
-            self.wait_s += got - started
+            self.last_wait_s = got - started
+            self.wait_s += self.last_wait_s
             self.samples += int(batch["valid"].sum())
             for stats in batch.get("stats") or ():  # one snapshot per dataset the batch drew from
                 self._workers[(stats["dataset"], stats.get("worker", 0))] = stats

@@ -97,6 +97,15 @@ def start_ray() -> bool:
     return True
 
 
+def fast_reports() -> None:
+    """A worker's `ray.train.report` waits until the Train controller has collected its previous
+    one, and the controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+    default; Ray passes the driver's value on to the controller). Every round ends in a report, so
+    rounds shorter than that stalled for up to 2 s at each boundary (1.8 s of a 1.9 s boundary in
+    the demo). A poll every 0.05 s costs the controller next to nothing; a value set is kept."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
+
+
 def trainer(cfg: Config, *, max_failures: int, callbacks=()):
     """The `TorchTrainer` of one run: `engine.num_workers` workers, checkpoints in the run folder,
     `max_failures` worker-group restarts from the latest checkpoint."""
@@ -108,6 +117,7 @@ def trainer(cfg: Config, *, max_failures: int, callbacks=()):
     engine = cfg.engine
     resources = {"CPU": engine.cpus_per_worker, **({"GPU": 1} if engine.use_gpu else {})}
     path, filesystem = storage_filesystem(cfg.train.storage_path)
+    fast_reports()
     return TorchTrainer(
         train_loop,
         train_loop_config=to_dict(cfg),

@@ -93,6 +93,7 @@ class Run:
         self.meter = DataMeter()
         self.history: list[dict] = []
         self.last_step_end: float | None = None  # when the previous optimizer step ended (round boundaries)
+        self.last_save_s: float | None = None  # how long the previous round-end checkpoint took
 
     def log(self, line: str) -> None:
         if self.rank == 0:
@@ -167,6 +168,7 @@ class Run:
             began = time.perf_counter()
             if step == start and self.last_step_end is not None:  # since the previous round's last step
                 clock["time/boundary_s"] = began - self.last_step_end
+                clock["time/first_batch_s"] = self.meter.last_wait_s  # of which: waiting for the loader
             global_step = schedule.first_step(epoch, index) + step  # optimizer steps done before this one
             # Stochastic depth draws from torch's generator: seed it from the cursor, so a resumed
             # run draws what the uninterrupted one did (no RNG state to carry in checkpoints).
@@ -255,13 +257,17 @@ class Run:
                     metrics.update(self.evaluate())
                 following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.steps) else Cursor(epoch, index + 1, 0)
                 metrics.update(memory_metrics(self.device), epochs_done=epoch + (index + 1) / len(self.steps))
+                if self.last_save_s is not None:
+                    metrics["time/checkpoint_s"] = self.last_save_s  # the previous round's
                 self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
                 step = sum(self.steps) * epoch + sum(self.steps[:index + 1])
                 self.history.append({"step": step, "time": time.time(), **metrics})
                 if self.rank == 0:
                     write_metrics(cfg, self.history)
                 tracker.log(metrics, step=step)
+                saving = time.perf_counter()
                 self.save(following, metrics)
+                self.last_save_s = time.perf_counter() - saving  # logged with the next round
         tracker.finish()
 
 
