@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from ark_dist.config import Config
-from ark_dist.data import Cursor, Store, dataset_entry, read_manifest, train_loader
+from ark_dist.data import Cursor, Store, canvas_warnings, dataset_entry, read_manifest, train_loader
 from ark_dist.method import ArkSchedule, make_teacher
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.train.engine import optimizer
@@ -25,6 +25,8 @@ def dry_run(cfg: Config, *, log=print) -> float:
     entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
     for entry in entries:
         metric_classes(entry, cfg.data)
+    for line in canvas_warnings(entries, load_size=cfg.data.views.load_size):
+        log(f"warning: {line}")
     torch.manual_seed(cfg.train.seed)
     model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in entries})
     if cfg.model.pretrained:

@@ -33,11 +33,16 @@ def storage_filesystem(path: str):
 def preflight(cfg: Config) -> None:
     """Fail in the driver, in one line, before any worker starts: the store, the manifest and
     every dataset of the recipe must be there."""
-    from ark_dist.data import Store, dataset_entry, read_manifest
+    from ark_dist.data import Store, canvas_warnings, dataset_entry, read_manifest
+
+    from ark_dist.train.evaluate import metric_classes
 
     manifest = read_manifest(Store(cfg.data.store))
-    for name in cfg.data.datasets:
-        dataset_entry(manifest, name)
+    entries = [dataset_entry(manifest, name) for name in cfg.data.datasets]
+    for entry in entries:
+        metric_classes(entry, cfg.data)  # a headline class the manifest lacks
+    for line in canvas_warnings(entries, load_size=cfg.data.views.load_size):
+        log.warning(line)
     check_model(cfg)
 
 

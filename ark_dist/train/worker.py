@@ -18,7 +18,7 @@ import torch
 
 from ark_dist.config import Config, to_dict
 from ark_dist.configtree import from_dict
-from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, mixed_loader, read_manifest, train_loader
+from ark_dist.data import Cursor, DataMeter, RunLoader, Store, dataset_entry, read_manifest
 from ark_dist.method import ArkSchedule, make_teacher
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
@@ -151,20 +151,21 @@ class Run:
         entries = self.entries if self.interleaved else [self.entries[index]]
         return [(e["name"], e["task"]) for e in entries]
 
-    def loader(self, cursor: Cursor):
-        common = dict(config=self.cfg.data, seed=self.cfg.train.seed, cursor=cursor, rank=self.rank, world=self.world,
-                      global_batch=self.cfg.train.global_batch)
-        if self.interleaved:
-            return mixed_loader(entries=self.entries, **common)
-        return train_loader(entry=self.entries[cursor.round], **common)
+    def loader(self) -> RunLoader:
+        """One loader for the rest of the run, from the cursor on: its processes start once and
+        prefetch the next round while this one ends (teacher update, checkpoint, evaluation)."""
+        cfg = self.cfg
+        return RunLoader(entries=self.entries, interleaved=self.interleaved, config=cfg.data, seed=cfg.train.seed,
+                         cursor=self.cursor, rank=self.rank, world=self.world, global_batch=cfg.train.global_batch,
+                         epochs=cfg.train.epochs)
 
-    def train_round(self, epoch: int, index: int, start: int) -> dict:
+    def train_round(self, loader: RunLoader, epoch: int, index: int, start: int) -> dict:
         cfg, schedule = self.cfg, self.schedule
         heads = self.round_heads(index)
         c = schedule.consistency(epoch, index)
         losses, tasks, step_s = [], [], []
         ema, clock = {}, {}  # the last teacher update of the round (its r and m); the round's timings
-        for step, batch in enumerate(self.meter.wrap(self.loader(Cursor(epoch, index, start))), start=start):
+        for step, batch in enumerate(self.meter.wrap(loader.round(epoch, index)), start=start):
             began = time.perf_counter()
             if step == start and self.last_step_end is not None:  # since the previous round's last step
                 clock["time/boundary_s"] = began - self.last_step_end
@@ -245,11 +246,12 @@ class Run:
         if self.rank == 0:
             write_config(cfg)
         tracker = open_tracker(cfg, rank=self.rank, run_dir=run_url(cfg), run_id=run_id(cfg))
+        loader = self.loader()
         for epoch in range(self.cursor.epoch, cfg.train.epochs):
             first = self.cursor.round if epoch == self.cursor.epoch else 0
             for index in range(first, len(self.steps)):
                 start = self.cursor.step if (epoch, index) == (self.cursor.epoch, self.cursor.round) else 0
-                metrics = self.train_round(epoch, index, start)
+                metrics = self.train_round(loader, epoch, index, start)
                 digests = [None] * self.world
                 dist.all_gather_object(digests, teacher_digest(self.teacher))
                 metrics["teacher/ranks_identical"] = float(len(set(digests)) == 1)
@@ -268,6 +270,7 @@ class Run:
                 saving = time.perf_counter()
                 self.save(following, metrics)
                 self.last_save_s = time.perf_counter() - saving  # logged with the next round
+        loader.close()
         tracker.finish()
 
 
