@@ -58,7 +58,8 @@ class TrainConfig:
     global_batch: int = 200  # images per optimizer step over all ranks
     seed: int = 0  # initial weights, data order, augmentations and LSR labels
     eval_every: int = 10  # epochs; the last epoch always evaluates
-    checkpoint_every: int = 0  # steps within a round; 0 = only at each round's end
+    checkpoint_every: int = 0  # steps within a round; 0 = only at round ends
+    checkpoint_rounds: int = 1  # checkpoint at the end of every this many rounds, and at the run's end
     keep_checkpoints: int = 2  # the newest ones kept in storage
     storage_path: str = "runs"  # local folder or s3:// (Ray's storage_path)
     name: str = "ark"  # a stable name: re-running it resumes
@@ -67,6 +68,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.global_batch < 1 or self.eval_every < 1 or self.checkpoint_every < 0:
             raise ValueError("epochs, global_batch and eval_every must be at least 1, checkpoint_every >= 0")
+        if self.checkpoint_rounds < 1:
+            raise ValueError("train.checkpoint_rounds must be at least 1")
         if self.max_failures < 0:
             raise ValueError("max_failures must be >= 0")
 

@@ -316,11 +316,16 @@ def test_gradient_accumulation_equals_the_whole_batch(tiny_store, tmp_path, ray_
     tiny = TINY.replace("}", ", drop_path_rate: 0.0}")
     runs = {}
     for k in (1, 2):
+        # The k=2 run also checkpoints only every 4th round (and at the end): 2 of its 6 rounds.
         result = fit(tiny_config(tiny_store, tmp_path / "runs", f"accum{k}", f"engine.grad_accum={k}",
-                                 f"model.backbone_kwargs={tiny}", "train.global_batch=8", "train.eval_every=2"))
+                                 f"model.backbone_kwargs={tiny}", "train.global_batch=8", "train.eval_every=2",
+                                 "train.keep_checkpoints=10", f"train.checkpoint_rounds={1 if k == 1 else 4}"))
         assert result.error is None, result.error
         runs[k] = (_history(result), load_file(Path(result.checkpoint.path) / "teacher.safetensors"))
+        checkpoints = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.is_dir())
+        assert len(checkpoints) == (6 if k == 1 else 2), checkpoints
     (one, teacher1), (two, teacher2) = runs[1], runs[2]
+    assert len(one) == len(two) == 6  # every round is in the history, checkpointed or not
     assert [row["optim/steps"] for row in two] == [row["optim/steps"] for row in one]
     assert one[-1]["optim/steps"] == sum(max(1, n // 8) for n in _train_sizes(tiny_store)) * 2
     assert [row["lr"] for row in two] == pytest.approx([row["lr"] for row in one], rel=1e-9)

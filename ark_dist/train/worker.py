@@ -237,6 +237,7 @@ class Run:
         return out
 
     def fit(self) -> None:
+        import ray.train
         import torch.distributed as dist
 
         from ark_dist.track.tracker import open_tracker
@@ -267,9 +268,14 @@ class Run:
                 if self.rank == 0:
                     write_metrics(cfg, self.history)
                 tracker.log(metrics, step=step)
-                saving = time.perf_counter()
-                self.save(following, metrics)
-                self.last_save_s = time.perf_counter() - saving  # logged with the next round
+                done = epoch * len(self.steps) + index + 1
+                if done % cfg.train.checkpoint_rounds == 0 or done == self.schedule.total_rounds:
+                    saving = time.perf_counter()
+                    self.save(following, metrics)
+                    self.last_save_s = time.perf_counter() - saving  # logged with the next round
+                else:  # every rank reports (Tune and the driver see every round), without a checkpoint
+                    ray.train.report(metrics)
+                    self.last_save_s = None
         loader.close()
         tracker.finish()
 
