@@ -163,7 +163,7 @@ def load_checkpoint(url: str, *, student: bool = False):
     except SafetensorError as exc:
         raise ExportError(f"{url}/{weights}: not a readable safetensors file ({exc})") from None
     with torch.random.fork_rng(devices=[]):  # a library call leaves the caller's RNG alone
-        model = ArkModel(cfg.model, {name: len(names) for name, names in labels.items()})
+        model = ArkModel(cfg.model, heads={name: len(names) for name, names in labels.items()})
     problem = _mismatch(model, tensors)
     if problem:
         raise ExportError(f"{url}/{weights} does not match the model of its config ({cfg.model.backbone}, "

@@ -190,7 +190,7 @@ def test_same_seed_same_draws():
 
 @pytest.mark.parametrize("v", [0, 37, 128, 255])
 def test_render_constant_image_normalisation(v):
-    out = render(constant([v, v]), thetas(IDENTITY, IDENTITY), 8)
+    out = render(constant([v, v]), theta=thetas(IDENTITY, IDENTITY), size=8)
     assert out.shape == (2, 3, 8, 8) and out.dtype == torch.float32
     expected = normalised(v / 255)
     for ch in range(3):
@@ -200,7 +200,7 @@ def test_render_constant_image_normalisation(v):
 def test_render_identity_reproduces_the_image():
     torch.manual_seed(0)
     img = torch.randint(0, 256, (2, 1, 24, 24), dtype=torch.uint8)
-    out = render(img, thetas(IDENTITY, IDENTITY), 24)
+    out = render(img, theta=thetas(IDENTITY, IDENTITY), size=24)
     unit = img.double() / 255  # (2, 1, 24, 24)
     for ch in range(3):
         expected = (unit[:, 0] - MEAN[ch]) / STD[ch]
@@ -208,15 +208,15 @@ def test_render_identity_reproduces_the_image():
 
 
 def test_render_output_size():
-    out = render(constant([10, 20, 30], side=32), thetas(IDENTITY, IDENTITY, IDENTITY), 12)
+    out = render(constant([10, 20, 30], side=32), theta=thetas(IDENTITY, IDENTITY, IDENTITY), size=12)
     assert out.shape == (3, 3, 12, 12)
 
 
 def test_render_mirror_of_horizontal_gradient():
     ramp = (torch.arange(32) * 8).to(torch.uint8)  # 0 .. 248 left to right
     img = ramp.view(1, 1, 1, 32).expand(1, 1, 32, 32).contiguous()
-    ident = render(img, thetas(IDENTITY), 32)
-    mirror = render(img, thetas([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), 32)
+    ident = render(img, theta=thetas(IDENTITY), size=32)
+    mirror = render(img, theta=thetas([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), size=32)
     assert not torch.allclose(ident, mirror, atol=1e-3)  # a gradient is not its own mirror
     torch.testing.assert_close(mirror, torch.flip(ident, dims=[-1]), atol=1e-5, rtol=0)
     # the left-most output pixel now shows the right-most input pixel
@@ -227,12 +227,12 @@ def test_render_crop_convention_top_left_quadrant():
     # theta maps output to input: [[0.5, 0, -0.5], [0, 0.5, -0.5]] samples x, y in [-1, 0]: the top-left quadrant.
     img = torch.full((1, 1, 32, 32), 50, dtype=torch.uint8)
     img[:, :, :16, :16] = 200
-    out = render(img, thetas([[0.5, 0.0, -0.5], [0.0, 0.5, -0.5]]), 16)
+    out = render(img, theta=thetas([[0.5, 0.0, -0.5], [0.0, 0.5, -0.5]]), size=16)
     expected = normalised(200 / 255)
     for ch in range(3):
         np.testing.assert_allclose(out[0, ch].numpy(), expected[ch], atol=1e-4)
     # and the bottom-right quadrant shows the background
-    out = render(img, thetas([[0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]), 16)
+    out = render(img, theta=thetas([[0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]), size=16)
     np.testing.assert_allclose(out[0, 0].numpy(), normalised(50 / 255)[0], atol=1e-4)
 
 
@@ -244,7 +244,7 @@ def test_render_crop_convention_top_left_quadrant():
 ])
 def test_render_brightness_contrast(v, a, b):
     photo = torch.tensor([[1.0, a, b]])
-    out = render(constant([v]), thetas(IDENTITY), 8, photo)
+    out = render(constant([v]), theta=thetas(IDENTITY), size=8, photo=photo)
     unit = min(1.0, max(0.0, v / 255 * a + b))
     expected = normalised(unit)
     for ch in range(3):
@@ -254,7 +254,7 @@ def test_render_brightness_contrast(v, a, b):
 @pytest.mark.parametrize("v, g", [(100, 0.8), (100, 1.2), (200, 1.5), (255, 0.9)])
 def test_render_gamma(v, g):
     photo = torch.tensor([[2.0, g, 0.0]])
-    out = render(constant([v]), thetas(IDENTITY), 8, photo)
+    out = render(constant([v]), theta=thetas(IDENTITY), size=8, photo=photo)
     expected = normalised((v / 255) ** g)
     for ch in range(3):
         np.testing.assert_allclose(out[0, ch].numpy(), expected[ch], atol=1e-4)
@@ -263,7 +263,7 @@ def test_render_gamma(v, g):
 def test_render_photo_per_sample_and_none_kind():
     # one batch, three different photometric changes; kind 0 ignores its parameters
     photo = torch.tensor([[0.0, 1.7, 0.4], [1.0, 0.5, 0.1], [2.0, 2.0, 0.0]])
-    out = render(constant([120, 120, 120]), thetas(IDENTITY, IDENTITY, IDENTITY), 8, photo)
+    out = render(constant([120, 120, 120]), theta=thetas(IDENTITY, IDENTITY, IDENTITY), size=8, photo=photo)
     u = 120 / 255
     for b, unit in enumerate([u, u * 0.5 + 0.1, u ** 2]):
         np.testing.assert_allclose(out[b, 1].numpy(), normalised(unit)[1], atol=1e-4)
@@ -276,7 +276,7 @@ def test_render_draw_views_output_directly():
     views = [draw_views(rng, 32, 32, c) for _ in range(4)]
     theta = torch.from_numpy(np.stack([v["theta_student"] for v in views]))
     photo = torch.from_numpy(np.stack([v["photo"] for v in views]))
-    out = render(constant([90, 90, 90, 90], side=32), theta, 16, photo)
+    out = render(constant([90, 90, 90, 90], side=32), theta=theta, size=16, photo=photo)
     assert out.shape == (4, 3, 16, 16) and torch.isfinite(out).all()
     for b, v in enumerate(views):  # constant input: only the photometric change shows
         kind, a, bb = v["photo"].tolist()

@@ -59,7 +59,7 @@ def _rank(rank: int, world: int, port: int, stage: int, folder: str) -> None:
     cfg = load(None, [f"model.backbone_kwargs={TINY}", "model.projector_dim=16", "engine.precision=bf16",
                       f"engine.zero_stage={stage}", "optim.lr=1e-4", "optim.nesterov=false", "optim.momentum=0.0", "train.global_batch=4"])
     torch.manual_seed(0)
-    model = ArkModel(cfg.model, {"a": 3, "b": 2})
+    model = ArkModel(cfg.model, heads={"a": 3, "b": 2})
     teacher = make_teacher(model)
     names = [n for n, _ in model.named_parameters()]
     engine = engines.build(model, cfg, micro_batch=2, total_steps=100, warmup_steps=0)
@@ -94,7 +94,7 @@ def test_bf16_teacher_is_the_ema_of_the_fp32_master_weights(stage, tmp_path):
     # The start, rebuilt here the way every rank built it (same seed, fp32).
     cfg = load(None, [f"model.backbone_kwargs={TINY}", "model.projector_dim=16"])
     torch.manual_seed(0)
-    start = dict(copy.deepcopy(ArkModel(cfg.model, {"a": 3, "b": 2})).named_parameters())
+    start = dict(copy.deepcopy(ArkModel(cfg.model, heads={"a": 3, "b": 2})).named_parameters())
     lost = 0
     for name, teacher in got["teacher"].items():
         master = got["saved"][name]

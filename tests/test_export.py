@@ -72,7 +72,7 @@ def _arkmodel(checkpoint: Path, weights: str):
     from ark_dist.model import ArkModel
 
     state = json.loads((checkpoint / "state.json").read_text())
-    model = ArkModel(from_dict(Config, state["config"]).model, {n: len(v) for n, v in state["labels"].items()})
+    model = ArkModel(from_dict(Config, state["config"]).model, heads={n: len(v) for n, v in state["labels"].items()})
     model.load_state_dict(load_file(checkpoint / weights), strict=True)
     return model.eval(), state
 

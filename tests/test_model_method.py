@@ -17,7 +17,7 @@ HEADS = {"chexpert": 14, "rsna_pneumonia": 3, "shenzhen": 1}
 
 def tiny(**kw) -> ArkModel:
     torch.manual_seed(0)
-    return ArkModel(ModelConfig(backbone_kwargs=TINY, projector_dim=32, **kw), HEADS)
+    return ArkModel(ModelConfig(backbone_kwargs=TINY, projector_dim=32, **kw), heads=HEADS)
 
 
 def test_forward_backward_all_heads():
@@ -40,25 +40,31 @@ def test_schedules_match_their_formulas():
     config = MethodConfig(momentum=0.9, consistency=0.5)
     total = 1200
     for r in (0, 1, 300, 600, 1199, 1200):
-        assert momentum(config, r, total) == pytest.approx(1 - 0.1 * (1 + math.cos(math.pi * r / total)) / 2)
-        assert consistency(config, r, total) == pytest.approx(0.5 - 0.25 * (1 + math.cos(math.pi * r / total)))
-    assert momentum(config, 0, total) == pytest.approx(0.9) and momentum(config, total, total) == pytest.approx(1.0)
-    assert consistency(config, 0, total) == pytest.approx(0.0) and consistency(config, total, total) == 0.5
+        cos = math.cos(math.pi * r / total)
+        assert momentum(config, done=r, total=total) == pytest.approx(1 - 0.1 * (1 + cos) / 2)
+        assert consistency(config, done=r, total=total) == pytest.approx(0.5 - 0.25 * (1 + cos))
+    assert momentum(config, done=0, total=total) == pytest.approx(0.9)
+    assert momentum(config, done=total, total=total) == pytest.approx(1.0)
+    assert consistency(config, done=0, total=total) == pytest.approx(0.0)
+    assert consistency(config, done=total, total=total) == 0.5
 
 
 def test_masked_task_loss_equals_the_mean_over_unmasked_labels():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
     target = torch.tensor([[1.0, 0.0], [0.7, 1.0]])
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    assert task_loss(logits, target, torch.ones(2, 2), "multilabel") == pytest.approx(bce.mean().item())
+    ones = torch.ones(2, 2)
+    assert task_loss(logits, target=target, mask=ones, task="multilabel") == pytest.approx(bce.mean().item())
     mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    assert task_loss(logits, target, mask, "multilabel") == pytest.approx((bce[0, 0] + bce[1, 0] + bce[1, 1]).item() / 3)
+    expected = (bce[0, 0] + bce[1, 0] + bce[1, 1]).item() / 3
+    assert task_loss(logits, target=target, mask=mask, task="multilabel") == pytest.approx(expected)
     ce_logits = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
     onehot = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     expected = torch.nn.functional.cross_entropy(ce_logits, torch.tensor([1, 0]))
-    assert task_loss(ce_logits, onehot, torch.ones(2, 3), "multiclass") == pytest.approx(expected.item())
+    got = task_loss(ce_logits, target=onehot, mask=torch.ones(2, 3), task="multiclass")
+    assert got == pytest.approx(expected.item())
     half = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    assert task_loss(ce_logits, onehot, half, "multiclass") == pytest.approx(
+    assert task_loss(ce_logits, target=onehot, mask=half, task="multiclass") == pytest.approx(
         torch.nn.functional.cross_entropy(ce_logits[:1], torch.tensor([1])).item())
 
 
@@ -73,17 +79,17 @@ def test_interleaved_loss_counts_each_sample_by_its_own_head():
     target[1, 2:], target[3, 2:] = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0])
     mask[[1, 3], 2:] = 1.0
     heads = [("a", "multilabel"), ("b", "multiclass")]
-    got = mixed_task_loss(logits, target, mask, dataset, heads)
-    a = task_loss(logits["a"][[0, 2]], target[[0, 2], :2], torch.ones(2, 2), "multilabel")
-    b = task_loss(logits["b"][[1, 3]], target[[1, 3], 2:], torch.ones(2, 3), "multiclass")
+    got = mixed_task_loss(logits, target=target, mask=mask, dataset=dataset, heads=heads)
+    a = task_loss(logits["a"][[0, 2]], target=target[[0, 2], :2], mask=torch.ones(2, 2), task="multilabel")
+    b = task_loss(logits["b"][[1, 3]], target=target[[1, 3], 2:], mask=torch.ones(2, 3), task="multiclass")
     assert got == pytest.approx((0.5 * a + 0.5 * b).item())
     single = torch.zeros(4, dtype=torch.long)  # a batch of one dataset: exactly its task loss
     full_mask = torch.zeros(4, 5)
     full_mask[:, :2] = 1.0
-    assert mixed_task_loss(logits, target, full_mask, single, heads) == pytest.approx(
-        task_loss(logits["a"], target[:, :2], torch.ones(4, 2), "multilabel").item())
+    assert mixed_task_loss(logits, target=target, mask=full_mask, dataset=single, heads=heads) == pytest.approx(
+        task_loss(logits["a"], target=target[:, :2], mask=torch.ones(4, 2), task="multilabel").item())
     logits = {k: v.clone().requires_grad_() for k, v in logits.items()}
-    mixed_task_loss(logits, target, full_mask, single, heads).backward()
+    mixed_task_loss(logits, target=target, mask=full_mask, dataset=single, heads=heads).backward()
     assert logits["b"].grad is not None and not logits["b"].grad.any(), "a head without samples gets a zero gradient"
 
 
@@ -97,7 +103,7 @@ def test_teacher_starts_as_a_frozen_copy_and_follows_the_ema():
     with torch.no_grad():
         for p in student.parameters():
             p.add_(1.0)
-    ema_update(teacher.parameters(), student.parameters(), 0.9)
+    ema_update(teacher.parameters(), student=student.parameters(), m=0.9)
     for old, new, s in zip(before, teacher.parameters(), student.parameters()):
         assert torch.allclose(new, 0.9 * old + 0.1 * s)
 

@@ -124,7 +124,7 @@ def _oracle_loss(student, teacher, batch, head):
 @pytest.mark.parametrize("teacher_view", list(TEACHER))
 def test_ark_loss_equals_the_hand_built_step(teacher_view, head):
     torch.manual_seed(0)
-    model = ArkModel(ModelConfig(backbone_kwargs=TINY, projector_dim=16), HEADS)
+    model = ArkModel(ModelConfig(backbone_kwargs=TINY, projector_dim=16), heads=HEADS)
     teacher = make_teacher(model)
     batch = _batch(head, teacher_view)
     want, want_task, want_mse, want_student_in, want_teacher_in = _oracle_loss(model, teacher, batch, head)

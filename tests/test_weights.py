@@ -24,7 +24,7 @@ ARK_ORDER = {"mimic_cxr": 14, "chexpert": 14, "chestxray14": 14, "rsna_pneumonia
 
 def ark(swin: dict, *, heads: dict[str, int], seed: int) -> ArkModel:
     torch.manual_seed(seed)
-    model = ArkModel(ModelConfig(backbone_kwargs=swin, projector_dim=32), heads)
+    model = ArkModel(ModelConfig(backbone_kwargs=swin, projector_dim=32), heads=heads)
     with torch.no_grad():  # LayerNorms start at 1/0: make them distinct so a mix-up would show
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -147,7 +147,7 @@ def test_tensors_that_do_not_fit_are_named_in_the_log(tmp_path):
 
 
 def test_an_ark_dist_checkpoint_with_another_projector_names_what_it_drops(tmp_path):
-    source = ArkModel(ModelConfig(backbone_kwargs=TINY_SWIN, projector_dim=16), {"chexpert": 14})
+    source = ArkModel(ModelConfig(backbone_kwargs=TINY_SWIN, projector_dim=16), heads={"chexpert": 14})
     torch.save({"teacher": source.state_dict()}, tmp_path / "ours.pth")
     target, logged = ark(TINY_SWIN, heads={"chexpert": 14}, seed=1), []
     load_pretrained(target, str(tmp_path / "ours.pth"), log=logged.append)

@@ -115,8 +115,8 @@ def _loader_run(config, entry, args, workers: int, *, with_views: bool):
                              num_batches=args.batches)
         for batch in make_loader(stream, fresh):
             if with_views:
-                render(batch["image"], batch["theta_student"], size, batch["photo"])
-                render(batch["image"], batch["theta_teacher"], size)
+                render(batch["image"], theta=batch["theta_student"], size=size, photo=batch["photo"])
+                render(batch["image"], theta=batch["theta_teacher"], size=size)
 
     return run
 

@@ -92,7 +92,7 @@ def eval_thetas(cfg: ViewConfig) -> torch.Tensor:
     return torch.tensor(thetas, dtype=torch.float32)
 
 
-def render(images: torch.Tensor, theta: torch.Tensor, size: int, photo: torch.Tensor | None = None) -> torch.Tensor:
+def render(images: torch.Tensor, *, theta: torch.Tensor, size: int, photo: torch.Tensor | None = None) -> torch.Tensor:
     """Warp a batch and normalise it for an ImageNet backbone.
 
     images: (B, 1, L, L) uint8 canvas; theta: (B, 2, 3); photo: (B, 3) or None.
@@ -116,5 +116,5 @@ def render_eval(images: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
     thetas = eval_thetas(cfg).to(images.device)  # (V, 2, 3)
     batch, views = images.shape[0], thetas.shape[0]
     repeated = images.repeat_interleave(views, dim=0)
-    out = render(repeated, thetas.repeat(batch, 1, 1), cfg.image_size)
+    out = render(repeated, theta=thetas.repeat(batch, 1, 1), size=cfg.image_size)
     return out.view(batch, views, 3, cfg.image_size, cfg.image_size)

@@ -23,17 +23,17 @@ from torch import nn
 from ark_dist.method.config import MethodConfig
 
 
-def momentum(config: MethodConfig, done: int, total: int) -> float:
+def momentum(config: MethodConfig, *, done: int, total: int) -> float:
     """Teacher momentum after `done` of `total` rounds (or steps, for per-step EMA)."""
     return 1 - (1 - config.momentum) * (1 + math.cos(math.pi * done / total)) / 2
 
 
-def consistency(config: MethodConfig, done: int, total: int) -> float:
+def consistency(config: MethodConfig, *, done: int, total: int) -> float:
     """Weight of the consistency loss: 0 at the start, `config.consistency` at the end."""
     return config.consistency - config.consistency / 2 * (1 + math.cos(math.pi * done / total))
 
 
-def task_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, *, target: torch.Tensor, mask: torch.Tensor, task: str) -> torch.Tensor:
     """Masked mean of BCE (multilabel, binary) or cross-entropy with class probabilities
     (multiclass). logits, target, mask: (B, K). Equals the plain mean when nothing is masked."""
     logits = logits.float()
@@ -45,7 +45,7 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ta
     return (per_label * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def mixed_task_loss(logits: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
+def mixed_task_loss(logits: dict[str, torch.Tensor], *, target: torch.Tensor, mask: torch.Tensor,
                     dataset: torch.Tensor, heads: list[tuple[str, str]]) -> torch.Tensor:
     """The interleaved schedule's task loss: every head computed on the whole batch, each sample
     counted by its own head only. target/mask: (B, sum K) in the union label space (head d at its
@@ -60,7 +60,8 @@ def mixed_task_loss(logits: dict[str, torch.Tensor], target: torch.Tensor, mask:
         rows = (dataset == d).to(mask.dtype)  # (B,)
         head_mask = mask[:, offset:offset + width] * rows[:, None]
         share = rows.sum() / len(rows)
-        total = total + share * task_loss(logits[name], target[:, offset:offset + width], head_mask, task)
+        head_loss = task_loss(logits[name], target=target[:, offset:offset + width], mask=head_mask, task=task)
+        total = total + share * head_loss
         offset += width
     return total
 
@@ -83,7 +84,7 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: Iterable[torch.Tensor], student: Iterable[torch.Tensor], m: float) -> None:
+def ema_update(teacher: Iterable[torch.Tensor], *, student: Iterable[torch.Tensor], m: float) -> None:
     """teacher = m * teacher + (1 - m) * student, in the teacher's fp32, tensor by tensor."""
     teacher, student = list(teacher), list(student)
     if len(teacher) != len(student):

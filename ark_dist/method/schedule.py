@@ -41,7 +41,7 @@ class ArkSchedule:
 
     def consistency(self, epoch: int, index: int) -> float:
         """c for every step of the round."""
-        return consistency(self.config, self.round_index(epoch, index), self.total_rounds)
+        return consistency(self.config, done=self.round_index(epoch, index), total=self.total_rounds)
 
     @property
     def ema_per_step(self) -> bool:
@@ -50,8 +50,8 @@ class ArkSchedule:
 
     def round_momentum(self, epoch: int, index: int) -> float:
         """m of the teacher update after round `index` of `epoch` (`ema: round`)."""
-        return momentum(self.config, self.round_index(epoch, index), self.total_rounds)
+        return momentum(self.config, done=self.round_index(epoch, index), total=self.total_rounds)
 
     def step_momentum(self, step: int) -> float:
         """m of the teacher update after optimizer step `step` (0-based over the run; `ema: step`)."""
-        return momentum(self.config, step, self.total_steps)
+        return momentum(self.config, done=step, total=self.total_steps)

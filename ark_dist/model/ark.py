@@ -23,7 +23,7 @@ class ArkOutput:
 class ArkModel(nn.Module):
     """Heads are keyed by dataset name in the configured order (`omni_heads`, as in Ark)."""
 
-    def __init__(self, config: ModelConfig, heads: dict[str, int]):
+    def __init__(self, config: ModelConfig, *, heads: dict[str, int]):
         super().__init__()
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)

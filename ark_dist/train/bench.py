@@ -118,7 +118,7 @@ def step_flops(cfg: Config, batch: dict, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = ArkModel(cfg.model, HEADS).to(device)
+    model = ArkModel(cfg.model, heads=HEADS).to(device)
     teacher = make_teacher(model)
     with FlopCounterMode(display=False) as counter:
         loss, _ = ark_loss(model, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
@@ -132,7 +132,7 @@ def plain_loop(cfg: Config, args) -> list[float]:
     device = torch.device(args.device)
     dtype = _dtype(args.precision)
     torch.manual_seed(0)
-    model = ArkModel(cfg.model, HEADS).to(device)
+    model = ArkModel(cfg.model, heads=HEADS).to(device)
     teacher = make_teacher(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     batch = {k: v.to(device) for k, v in synthetic_batch(args.batch, cfg.data.views).items()}
@@ -145,7 +145,7 @@ def plain_loop(cfg: Config, args) -> list[float]:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ema_update(teacher.parameters(), model.parameters(), 0.999)
+        ema_update(teacher.parameters(), student=model.parameters(), m=0.999)
 
     return _windows(step, device=device, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
                     images_per_step=args.batch)
@@ -164,7 +164,7 @@ def _ark_dist_worker(spec: dict) -> None:
     world = ray.train.get_context().get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
     torch.manual_seed(0)
-    model = ArkModel(cfg.model, HEADS)
+    model = ArkModel(cfg.model, heads=HEADS)
     teacher = make_teacher(model).to(device)
     micro = cfg.train.global_batch // world
     engine = engines.build(model.to(device), cfg, micro_batch=micro, total_steps=10**6, warmup_steps=0)

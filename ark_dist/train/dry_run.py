@@ -28,7 +28,7 @@ def dry_run(cfg: Config, *, log=print) -> float:
     for line in canvas_warnings(entries, load_size=cfg.data.views.load_size):
         log(f"warning: {line}")
     torch.manual_seed(cfg.train.seed)
-    model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in entries})
+    model = ArkModel(cfg.model, heads={e["name"]: len(e["labels"]) for e in entries})
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.pretrained, log=log)
     teacher = make_teacher(model)

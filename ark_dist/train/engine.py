@@ -97,7 +97,7 @@ def update_teacher(engine, teacher: torch.nn.Module, m: float) -> None:
     from ark_dist.method import ema_update
 
     with master_parameters(engine) as student:
-        ema_update(teacher.parameters(), student, m)
+        ema_update(teacher.parameters(), student=student, m=m)
 
 
 def gathered_parameters(engine):

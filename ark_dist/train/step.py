@@ -16,8 +16,9 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
     of them (in union-label order) for an interleaved batch, which carries `dataset` (B,).
     `student` may be a DeepSpeed engine (its module in `dtype`) or a plain module under autocast."""
     images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
-    student_in = render(images, batch["theta_student"].to(device), size, batch["photo"].to(device))  # (B, 3, S, S)
-    teacher_in = render(images, batch["theta_teacher"].to(device), size)
+    student_in = render(images, theta=batch["theta_student"].to(device), size=size,
+                        photo=batch["photo"].to(device))  # (B, 3, S, S)
+    teacher_in = render(images, theta=batch["theta_teacher"].to(device), size=size)
     target, mask = batch["target"].to(device), batch["mask"].to(device)
     # Every head runs every step, also in a cyclic round: the heads a round does not train get an
     # exact zero gradient on every ZeRO stage alike (SGD momentum keeps moving them, as in Ark under
@@ -26,11 +27,11 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         target_proj = teacher(teacher_in, heads=[]).projection  # the fp32 teacher, at the student's precision
     if "dataset" in batch:  # interleaved: each sample to its own head
-        task = mixed_task_loss(out.logits, target, mask, batch["dataset"].to(device), heads)
+        task = mixed_task_loss(out.logits, target=target, mask=mask, dataset=batch["dataset"].to(device), heads=heads)
     else:
         (name, kind), = heads
         idle = sum(logits.sum() for other, logits in out.logits.items() if other != name)
-        task = task_loss(out.logits[name], target, mask, kind) + 0.0 * idle
+        task = task_loss(out.logits[name], target=target, mask=mask, task=kind) + 0.0 * idle
     return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
 
 

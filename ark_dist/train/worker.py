@@ -71,7 +71,7 @@ class Run:
             metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
         self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order, saved with every checkpoint
         torch.manual_seed(cfg.train.seed)  # identical initial student (and so teacher) on every rank
-        model = ArkModel(cfg.model, {e["name"]: len(e["labels"]) for e in self.entries})
+        model = ArkModel(cfg.model, heads={e["name"]: len(e["labels"]) for e in self.entries})
         if cfg.model.pretrained:
             load_pretrained(model, cfg.model.pretrained, log=self.log)
         self.teacher = make_teacher(model).to(self.device)  # before the engine wraps the student
