@@ -298,6 +298,9 @@ def test_dry_run_and_bad_config_are_one_line(tiny_store, capsys):
     assert main(["--dry-run", *args]) == 0
     out = capsys.readouterr().out
     assert "one batch of 2 from chexpert (2, 3, 64, 64): loss" in out
+    # As training batches: rank 0's share of the global batch, split into grad_accum micro-batches.
+    assert main(["--dry-run", *args, "train.global_batch=8", "engine.grad_accum=2"]) == 0
+    assert "one batch of 4 from chexpert in 2 micro-batches (2, 3, 64, 64): loss" in capsys.readouterr().out
     assert main(["--dry-run", *args, "optim.lrr=0.1"]) == 2
     assert "config key 'optim.lrr': unknown key" in capsys.readouterr().err
     assert main(["--dry-run", *args, "data.datasets=[chexpert, padchest]"]) == 2
