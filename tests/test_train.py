@@ -341,3 +341,16 @@ def test_gradient_accumulation_equals_the_whole_batch(tiny_store, tmp_path, ray_
 def _train_sizes(store) -> list[int]:
     manifest = json.loads((Path(store) / "manifest.json").read_text())["datasets"]
     return [manifest[name]["splits"]["train"]["num_samples"] for name in DATASETS]
+
+
+def test_a_disk_error_that_names_no_file_names_the_run_folder():
+    """Ray's checkpoint upload reports a full disk without a path: the error line adds the run folder."""
+    from ark_dist.train.cli import failure
+
+    full = OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert failure(full, run_folder="/runs/ark") == (
+        "OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device "
+        "(writing the run folder /runs/ark)")
+    named = OSError("[Errno 30] Read-only file system: '/runs/ark/metrics.jsonl'")
+    assert failure(named, run_folder="/runs/ark") == "OSError: [Errno 30] Read-only file system: '/runs/ark/metrics.jsonl'"
+    assert failure(ValueError("bad"), run_folder="/runs/ark") == "ValueError: bad"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 
@@ -11,7 +12,12 @@ from ark_dist.data.remote import ShardReadError
 from ark_dist.fs import join
 
 
-def failure(error: BaseException) -> str:
+# A full, read-only, over-quota or forbidden disk: Ray's own checkpoint upload reports these without
+# naming the file, so the line adds the run folder it was writing to.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES}
+
+
+def failure(error: BaseException, *, run_folder: str | None = None) -> str:
     """One line for a failed run: the first failing rank's innermost exception (Ray wraps a worker's
     exception, with tracebacks in its text; the last line of that text is the exception itself)."""
     failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError: {rank: exception}
@@ -21,7 +27,11 @@ def failure(error: BaseException) -> str:
         error = error.__cause__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     last = lines[-1] if lines else ""
-    return last if re.match(r"^[\w.]+(Error|Exception): ", last) else f"{type(error).__name__}: {last}"
+    line = last if re.match(r"^[\w.]+(Error|Exception): ", last) else f"{type(error).__name__}: {last}"
+    codes = {int(code) for code in re.findall(r"\[Errno (\d+)\]", line)}
+    if run_folder and codes & DISK_ERRNOS and run_folder not in line:
+        line += f" (writing the run folder {run_folder})"
+    return line
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +64,8 @@ def main(argv: list[str]) -> int:
     except TrainingFailedError as exc:  # a rank failed more often than FailureConfig allows
         error = exc
     if error:
-        print(f"error: training failed: {failure(error)}", file=sys.stderr)
+        folder = join(storage(cfg.train.storage_path), cfg.train.name)
+        print(f"error: training failed: {failure(error, run_folder=folder)}", file=sys.stderr)
         return 1
     print(f"done: {join(storage(cfg.train.storage_path), cfg.train.name)}")
     return 0
