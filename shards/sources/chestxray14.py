@@ -92,7 +92,8 @@ class ChestXray14(Source):
             (test if in_test else trainval).append(name)
             folder = root / f"images_{1 + i * 2 // max(num_images, 1):03d}" / "images"
             # The real set has a few RGBA PNGs among the 8-bit grayscale ones.
-            synth.write_png8(folder / name, synth.radiograph(rng, w, h), mode="RGBA" if i == 1 else "L")
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([int(c in labels.split("|")) for c in CLASSES]))
+            synth.write_png8(folder / name, pixels, mode="RGBA" if i == 1 else "L")
         synth.write_csv(root / "Data_Entry_2017_v2020.csv", HEADER, rows)
         synth.write_csv(root / "Data_Entry_2017.csv", HEADER, rows, trailing_comma=True)
         (root / "train_val_list.txt").write_text("".join(n + "\n" for n in trainval))

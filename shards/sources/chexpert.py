@@ -81,7 +81,7 @@ class CheXpert(Source):
                                            "Frontal" if frontal else "Lateral",
                                            rng.choice(["AP", "PA"]) if frontal else "", *values])
                     w, h = synth.size((2320, 2828), scale)
-                    synth.write_jpeg(root / rel, synth.radiograph(rng, w, h))
+                    synth.write_jpeg(root / rel, synth.radiograph(rng, w, h, findings=synth.shown(values)))
         for native, rows in tables.items():
             synth.write_csv(root / f"{native}.csv", META + CLASSES, rows)
 

@@ -75,6 +75,7 @@ class MimicCxr(Source):
             native = rng.choice(list(SPLITS), p=[0.6, 0.2, 0.2])
             for _ in range(int(rng.integers(1, 3))):
                 study = int(rng.integers(50_000_000, 60_000_000))
+                values = []  # a study without a label row shows nothing
                 if rng.uniform() > 0.1:  # a few studies have no label row, as in the real file
                     values = [rng.choice(["", "1.0", "0.0", "-1.0"], p=[0.6, 0.2, 0.12, 0.08]) for _ in CLASSES]
                     label_rows.append([subject, study, *values])
@@ -87,7 +88,7 @@ class MimicCxr(Source):
                     split_rows.append([dicom, study, subject, native])
                     meta_rows.append([dicom, subject, study, "CHEST (PA AND LAT)", view, h, w, 21800506, 213014.531])
                     rel = f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"
-                    synth.write_jpeg(root / rel, synth.radiograph(rng, w, h))
+                    synth.write_jpeg(root / rel, synth.radiograph(rng, w, h, findings=synth.shown(values)))
         synth.write_csv(root / f"{PREFIX}chexpert.csv.gz", ["subject_id", "study_id", *CLASSES], label_rows)
         synth.write_csv(root / f"{PREFIX}split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], split_rows)
         synth.write_csv(root / f"{PREFIX}metadata.csv.gz", METADATA, meta_rows)

@@ -70,8 +70,8 @@ class RsnaPneumonia(Source):
             else:
                 box_rows.append([pid, "", "", "", "", 0])
                 class_rows.append([pid, label])
-            synth.write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", synth.radiograph(rng, w, h),
-                              uid_seed=pid, bits=8, window=False)
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([c == label for c in CLASSES]))
+            synth.write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", pixels, uid_seed=pid, bits=8, window=False)
         synth.write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], box_rows)
         synth.write_csv(root / "stage_2_detailed_class_info.csv", ["patientId", "class"], class_rows)
 

@@ -44,7 +44,7 @@ class Shenzhen(Source):
         for i in range(num_images):
             path = root / "CXR_png" / f"CHNCXR_{i + 1:04d}_{i % 2}.png"
             w, h = synth.size((3000, 2919), scale)
-            pixels = synth.radiograph(rng, w, h)
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([i % 2]))
             # Mostly 8-bit grayscale, a few RGB (as shipped) and 16-bit ones to cover that decoder.
             if i % 5 == 4:
                 synth.write_png16(path, pixels)
