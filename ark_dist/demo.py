@@ -3,11 +3,16 @@
 Synthetic look-alikes of the six public datasets in their native layouts -> WebDataset shards in
 a local store -> Ark on a local Ray cluster (2 CPU workers, DeepSpeed, tiny Swin) -> evaluation ->
 the teacher exported for timm -> plots and a table of per-dataset AUCs. Every step says what it
-does; re-running resumes (shards already built are kept, the run resumes by name)."""
+does, training shows one progress line per round (Ray's own logs go to the run folder's
+`ray_logs/`; `--verbose` prints them instead); re-running resumes (shards already built are kept,
+the run resumes by name). The look-alikes show their labels (`shards.synth.FINDINGS`), so the
+table shows what the run learned."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -15,6 +20,7 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 SOURCES = ["mimic_cxr", "chexpert", "chestxray14", "rsna_pneumonia", "vindr_cxr", "shenzhen"]
+PER_SOURCE = 500  # enough that every test split holds a few dozen images, so its AUC means something
 
 
 def step(text: str, started: float) -> None:
@@ -37,17 +43,17 @@ def auc_table(row: dict, datasets: list[str]) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="launch.py demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="out/demo", help="where the raw data, store, run and weights go")
-    p.add_argument("--per-source", type=int, default=48, help="synthetic images per dataset")
-    p.add_argument("--scale", type=float, default=0.25, help="synthetic image size, as a share of the real size")
+    p.add_argument("--per-source", type=int, default=PER_SOURCE, help="synthetic images per dataset")
+    p.add_argument("--scale", type=float, default=0.08, help="synthetic image size, as a share of the real size")
+    p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' log lines, not a progress line")
     p.add_argument("overrides", nargs="*", help="dotted.key=value over configs/demo.yaml, e.g. train.epochs=2")
     args = p.parse_args(argv)
-    import ray
     from shards.cli import main as shards
 
     from ark_dist.config import load
     from ark_dist.export import export
     from ark_dist.report import main as report
-    from ark_dist.train.run import fit
+    from ark_dist.train.console import fit_on_console
 
     out, started = Path(args.out), time.perf_counter()
     raw, store = out / "raw", out / "store"
@@ -61,17 +67,23 @@ def main(argv: list[str]) -> int:
         return 1
     for source in SOURCES:
         step(f"2/5 shards build {source} -> {store}", started)
-        if shards(["build", "--source", source, "--root", str(raw / source), "--out", str(store), "--quiet",
-                   "--max-side", "96", "--samples-per-shard", "16"]):
+        out_text, err_text = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_text), contextlib.redirect_stderr(err_text):
+            code = shards(["build", "--source", source, "--root", str(raw / source), "--out", str(store), "--quiet",
+                           "--max-side", "96", "--samples-per-shard", "16"])
+        for text, stream in ((out_text, sys.stdout), (err_text, sys.stderr)):  # all but a line per shard
+            stream.write("".join(line for line in text.getvalue().splitlines(keepends=True)
+                                 if not line.startswith("wrote ")))
+            stream.flush()
+        if code:
             return 1
+    run = Path(cfg.train.storage_path) / cfg.train.name
     step(f"3/5 Ark on a local Ray cluster: {cfg.engine.num_workers} workers, {cfg.train.epochs} epochs, "
-         f"{len(cfg.data.datasets)} datasets (worker progress below)", started)
-    result = fit(cfg)
-    ray.shutdown()  # the workers' last log lines come out now, not after the table below
+         f"{len(cfg.data.datasets)} datasets{'' if args.verbose else f' (Ray logs: {run}/ray_logs)'}", started)
+    result = fit_on_console(cfg, verbose=args.verbose)
     if result.error:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1
-    run = Path(cfg.train.storage_path) / cfg.train.name
     step(f"4/5 export the teacher from {run}", started)
     weights = export(str(run), str(out / "teacher"))
     step("5/5 plots and summary", started)
@@ -79,10 +91,10 @@ def main(argv: list[str]) -> int:
         return 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evaluated = [r for r in rows if "auc/val/mean/teacher" in r]
-    print("\nper-dataset ROC-AUC at the last evaluation (synthetic data: the numbers show the path works, "
-          "not what Ark learns)\n")
+    print("\nper-dataset ROC-AUC at the last evaluation (synthetic look-alikes, each finding a texture: "
+          "the numbers show that the run learned, not how Ark does on real X-rays)\n")
     print(auc_table(evaluated[-1] if evaluated else {}, cfg.data.datasets))
     print(f"\nraw data   {raw}\nshards     {store}/manifest.json\nrun        {run} (checkpoints, metrics.jsonl, "
-          f"config.yaml, wandb/)\nweights    {' '.join(weights)}\nreport     {out / 'report'}\n"
+          f"config.yaml, wandb/, ray_logs/)\nweights    {' '.join(weights)}\nreport     {out / 'report'}\n"
           f"took       {time.perf_counter() - started:.0f} s")
     return 0

@@ -1,11 +1,13 @@
 """`make demo`'s command path, end to end, at a smaller size: `python launch.py demo` from nothing to
-an AUC table, an exported teacher and a report."""
+an AUC table, an exported teacher and a report, with one progress line per round on the console and
+Ray's own logs in the run folder."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,16 @@ def test_launch_demo_goes_from_nothing_to_an_auc_table_weights_and_a_report(tmp_
         name, *cells = [c.strip() for c in line.split("|")[1:-1]]
         value = last.get(f"auc/test/{name}/teacher")
         assert cells[1] == ("-" if value is None or value != value else f"{value:.3f}"), line
+    # Training shows one progress line per round (an interleaved epoch is one round), and nothing of
+    # Ray's: no worker-prefixed lines, no colour codes; those are in the run folder's ray_logs/.
+    progress = [line for line in text.splitlines() if line.startswith("train ")]
+    assert [line.split()[1] for line in progress] == ["1/2", "2/2"], text
+    assert "loss" in progress[-1] and "img/s" in progress[-1], progress
+    assert f"AUC {last['auc/val/mean/teacher']:.3f}" in progress[-1], progress
+    assert not re.search(r"\((RayTrainWorker|TrainController|raylet)|pid=\d+", text), text
+    assert "\x1b[" not in text and "\x1b[" not in done.stderr, done.stderr[-3000:]
+    logs = list((run / "ray_logs").glob("session_*/worker-*"))
+    assert any("[ark-dist] loss/interleaved=" in path.read_text(errors="replace") for path in logs), logs
     # Everything it says it wrote is there.
     assert json.loads((out / "store" / "manifest.json").read_text())["datasets"].keys() >= set(SOURCES)
     with safe_open(str(out / "teacher.safetensors"), "pt") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import sys
 
@@ -39,11 +40,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", help="a YAML recipe from configs/ (default: all defaults)")
     p.add_argument("--dry-run", action="store_true",
                    help="build everything and run one batch on the CPU (no Ray, no DeepSpeed), then stop")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true", help="print Ray's and the workers' log lines as they come "
+                      "(the default unless stdout is a terminal and Ray is local)")
+    talk.add_argument("--quiet", action="store_true", help="one progress line per round; Ray's logs go to the run "
+                      "folder's ray_logs/ (the default on a terminal with a local Ray)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=0.1")
     args = p.parse_args(argv)
+    # Quiet where a person watches a local run; a log file or a cluster job keeps every worker line.
+    verbose = args.verbose or not (args.quiet or (sys.stdout.isatty() and not os.environ.get("RAY_ADDRESS")))
     try:
         cfg = load(args.config, args.overrides)
-        from ark_dist.train.run import fit, preflight, storage
+        from ark_dist.train.run import preflight, storage
 
         preflight(cfg)
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
@@ -56,8 +64,10 @@ def main(argv: list[str]) -> int:
         return 0
     from ray.train import TrainingFailedError
 
+    from ark_dist.train.console import fit_on_console
+
     try:
-        error = fit(cfg).error
+        error = fit_on_console(cfg, verbose=verbose).error
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2

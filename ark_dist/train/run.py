@@ -85,9 +85,11 @@ def check_resources(cfg: Config, *, local: bool) -> None:
     log.warning("%s: waiting for the cluster to grow (autoscaling)", text)
 
 
-def start_ray() -> bool:
+def start_ray(*, verbose: bool = True) -> bool:
     """Join the cluster at RAY_ADDRESS, or start a local one; False when Ray was already up.
-    Workers import ark_dist from this checkout wherever the driver's working folder is."""
+    `verbose=False` keeps the workers' output and Ray's INFO lines off the console
+    (`log_to_driver=False`): it stays in Ray's session logs (`console.copy_ray_logs`). Workers
+    import ark_dist from this checkout wherever the driver's working folder is."""
     import ray
 
     if ray.is_initialized():
@@ -97,9 +99,22 @@ def start_ray() -> bool:
     # The dashboard serves Ray's state API, which Train V2's placement-group cleaner polls: without
     # it, the workers' placement group of a run whose controller died (a Tune trial that ASHA
     # stopped) is never removed and starves every later trial.
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=True, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    if not os.environ.get("RAY_ADDRESS"):
+        _LOCAL_SESSIONS.add(ray.get_runtime_context().get_session_name())
     return True
+
+
+_LOCAL_SESSIONS: set[str] = set()  # the local clusters start_ray started: fixed in size (check_resources)
+
+
+def local_cluster() -> bool:
+    """Whether Ray is a local cluster that `start_ray` started (in this call of `fit` or before it,
+    e.g. by `launch.py demo`), as opposed to a joined or someone else's one."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_session_name() in _LOCAL_SESSIONS
 
 
 def fast_reports() -> None:
@@ -138,6 +153,6 @@ def trainer(cfg: Config, *, max_failures: int, callbacks=()):
 def fit(cfg: Config):
     """Train; re-running with the same `train.name` and `train.storage_path` resumes."""
     preflight(cfg)
-    started = start_ray()
-    check_resources(cfg, local=started and not os.environ.get("RAY_ADDRESS"))
+    start_ray()
+    check_resources(cfg, local=local_cluster())
     return trainer(cfg, max_failures=cfg.train.max_failures).fit()
