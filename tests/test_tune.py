@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import yaml
 
 from ark_dist.config import load
 from ark_dist.tune.cli import main
-from ark_dist.tune.sweep import check_space, trial_config
+from ark_dist.tune.sweep import check_space, trial_config, trial_resources
 from conftest import TINY_SWIN
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = str(TINY_SWIN).replace("'", "")
 # The scheduled LR at each report, warming up over the whole run: a metric whose order across trials
 # and over time is known in advance (tiny data teaches nothing that would rank trials reliably), so
@@ -119,3 +121,30 @@ def test_asha_sweep_stops_the_worst_frees_their_workers_and_exports_the_best(ray
     assert main(["--config", "configs/demo.yaml", *sweep_args(six_store, tmp_path)]) == 0
     assert len(list((tmp_path / "lr" / "trials").iterdir())) == 4
     assert f"best trial {best}:" in capsys.readouterr().out
+
+
+def test_the_demo_sweep_runs_on_the_store_make_demo_builds_as_the_readme_says(monkeypatch):
+    """configs/sweep_demo.yaml, without running it (the tune command runs end to end above): the
+    store and run folder are the ones `make demo` writes, the sweep would start (check_space), its
+    trials fit two at a time on 2 CPUs, and the README states its LRs, epochs and ASHA rungs."""
+    monkeypatch.chdir(ROOT)  # as the README runs it: relative paths are the repository's
+    cfg = load("configs/sweep_demo.yaml")
+    out = ROOT / re.search(r"launch\.py demo --out (\S+)", (ROOT / "Makefile").read_text()).group(1)
+    assert (cfg.data.store.url, cfg.train.storage_path) == (str(out / "store"), str(out / "runs"))
+    assert cfg.data.datasets == load("configs/demo.yaml").data.datasets
+    check_space(cfg)
+    assert trial_resources(cfg) == {"CPU": 1} and cfg.tune.max_concurrent_trials == 2
+    t = cfg.tune
+    assert list(t.space) == ["optim.lr"] and t.scheduler == "asha" and t.metric == "auc/val/mean/teacher"
+    lrs = t.space["optim.lr"]["grid"]
+    rungs, rung = [], t.grace_period
+    while rung < cfg.train.epochs:  # ASHA's milestones: grace x reduction_factor^k below max_t
+        rungs.append(rung)
+        rung = int(rung * t.reduction_factor)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "python launch.py tune --config configs/sweep_demo.yaml" in readme
+    said = (f"`configs/sweep_demo.yaml` tries the learning rates {', '.join(f'{v:g}' for v in lrs[:-1])} and "
+            f"{lrs[-1]:g} of the demo recipe on the demo's store for {cfg.train.epochs} epochs")
+    assert said in readme, said
+    assert f"with ASHA (rungs at epochs {' and '.join(map(str, rungs))})" in readme, rungs
+    assert f"`{out.relative_to(ROOT)}/runs/{t.name}` gets `trials.md`" in readme
