@@ -198,7 +198,11 @@ def test_s3_missing_swapped_and_short_objects_are_skipped_and_counted(data_store
     url = upload_store(data_store, f"s3://{s3_bucket}/store")
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     train = [_shard(manifest, i) for i in range(3)]
-    s3.put_object(Bucket=s3_bucket, Key=f"store/{train[0]['url']}", Body=(data_store / train[1]["url"]).read_bytes())
+    # Another shard's bytes, padded with zero blocks to this one's length: only the sha256 can tell.
+    donor = (data_store / train[1]["url"]).read_bytes()
+    assert len(donor) <= train[0]["num_bytes"], "the swap needs a donor shard no longer than the one it replaces"
+    swapped = donor + b"\0" * (train[0]["num_bytes"] - len(donor))
+    s3.put_object(Bucket=s3_bucket, Key=f"store/{train[0]['url']}", Body=swapped)
     s3.delete_object(Bucket=s3_bucket, Key=f"store/{train[1]['url']}")
     short = (data_store / train[2]["url"]).read_bytes()[:5000]
     s3.put_object(Bucket=s3_bucket, Key=f"store/{train[2]['url']}", Body=short)
