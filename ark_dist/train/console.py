@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import sys
 import threading
@@ -21,7 +22,7 @@ from ark_dist.config import Config
 from ark_dist.fs import filesystem, is_local, join
 from ark_dist.track.runfolder import METRICS, run_url
 
-BAR = "{desc} {n_fmt}/{total_fmt} rounds |{bar:16}| {elapsed}<{remaining}{postfix}"  # postfix: ", ..."
+BAR = "{desc} {n_fmt}/{total_fmt} rounds |{bar:10}| {elapsed}<{remaining}{postfix}"  # postfix: ", ..."
 
 
 def rounds_per_epoch(cfg: Config) -> int:
@@ -30,11 +31,12 @@ def rounds_per_epoch(cfg: Config) -> int:
 
 
 def round_text(row: dict, auc: float | None) -> str:
-    """`epoch 2.33 loss 0.412 (chexpert) AUC 0.861 812 img/s` from one metrics.jsonl row; `auc` is
-    the teacher's mean val AUC of the last evaluation so far (None before the first)."""
+    """`epoch 2.33 chexpert loss 0.412 AUC 0.861 812 img/s` from one metrics.jsonl row (an
+    interleaved round's loss has no dataset); `auc` is the teacher's mean val AUC of the last
+    evaluation so far (None before the first)."""
     losses = {k[5:]: v for k, v in row.items() if k.startswith("loss/") and not k.startswith("loss/task/")}
-    parts = [f"epoch {row.get('epochs_done', 0):.2f}"]
-    parts += [f"loss {value:.3f} ({name})" for name, value in losses.items()]
+    parts = [f"epoch {row.get('epochs_done', 0):.2f}".rstrip("0").rstrip(".")]
+    parts += [f"{'' if name == 'interleaved' else name + ' '}loss {value:.3f}" for name, value in losses.items()]
     if auc is not None:
         parts.append(f"AUC {auc:.3f}")
     if "throughput/img_per_s" in row:
@@ -67,9 +69,13 @@ class RoundProgress:
         self.seen = len(done)
         for row in done:
             self.auc = row.get("auc/val/mean/teacher", self.auc)
-        # Not on a terminal tqdm draws into a buffer and each round's line is printed whole.
+        # Not on a terminal tqdm draws into a buffer and each round's line is printed whole (and
+        # uncut). A terminal's size is given: tqdm draws nothing where it reads it as -1 (a pty
+        # without one).
+        size = shutil.get_terminal_size() if self.tty else os.terminal_size((0, 0))
         self.bar = tqdm(total=self.total, initial=self.seen, desc="train", bar_format=BAR, mininterval=0,
-                        file=self.file if self.tty else io.StringIO(), ascii=not self.tty, dynamic_ncols=self.tty)
+                        file=self.file if self.tty else io.StringIO(), ascii=not self.tty,
+                        ncols=size.columns or None, nrows=size.lines or None)
         self.thread.start()
         return self
 
