@@ -32,9 +32,6 @@ def sweep_args(store, runs, *extra) -> list[str]:
             f"model.backbone_kwargs={TINY}", "model.projector_dim=32", f"train.epochs={EPOCHS}", "train.global_batch=4",
             "train.eval_every=1", f"train.storage_path={runs}", "optim.lr=0.05", f"optim.warmup_epochs={EPOCHS}",
             "engine.num_workers=1", "tracking.wandb=offline", "tune.name=lr", f"tune.metric={METRIC}",
-            # Two rounds an epoch, each checkpointed: a trial ASHA stopped is ended a round or two
-            # later, short of the end (the demo recipe's one-round epochs would let it finish).
-            "method.schedule=cyclic", "train.checkpoint_rounds=1", "optim.name=sgd",
             "tune.mode=max", "tune.grace_period=1", "tune.max_concurrent_trials=2",
             # Grid order is submission order: two trials reach the first rung, then the two tiny LRs
             # arrive below the rung's median and are stopped.
