@@ -263,12 +263,12 @@ class Run:
                 if self.last_save_s is not None:
                     metrics["time/checkpoint_s"] = self.last_save_s  # the previous round's
                 self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-                step = sum(self.steps) * epoch + sum(self.steps[:index + 1])
+                step = self.schedule.first_step(epoch, index + 1)  # optimizer steps done after this round
                 self.history.append({"step": step, "time": time.time(), **metrics})
                 if self.rank == 0:
                     write_metrics(cfg, self.history)
                 tracker.log(metrics, step=step)
-                done = epoch * len(self.steps) + index + 1
+                done = self.schedule.round_index(epoch, index) + 1  # rounds done, this one included
                 if done % cfg.train.checkpoint_rounds == 0 or done == self.schedule.total_rounds:
                     saving = time.perf_counter()
                     self.save(following, metrics)
