@@ -132,8 +132,11 @@ def trainer(cfg: Config, *, max_failures: int, callbacks=()):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from ark_dist.track.runfolder import run_url
+    from ark_dist.train.resume import recorder, repair
     from ark_dist.train.worker import train_loop
 
+    repair(run_url(cfg))
     engine = cfg.engine
     resources = {"CPU": engine.cpus_per_worker, **({"GPU": 1} if engine.use_gpu else {})}
     path, filesystem = storage_filesystem(cfg.train.storage_path)
@@ -146,7 +149,7 @@ def trainer(cfg: Config, *, max_failures: int, callbacks=()):
         run_config=RunConfig(name=cfg.train.name, storage_path=path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                             callbacks=list(callbacks)),
+                             callbacks=[recorder(run_url(cfg)), *callbacks]),
     )
 
 

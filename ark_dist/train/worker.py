@@ -25,6 +25,7 @@ from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_conf
 from ark_dist.train import engine as engines
 from ark_dist.train import safeload
 from ark_dist.train.evaluate import evaluate, metric_classes
+from ark_dist.train.resume import recorded_checkpoint
 from ark_dist.train.schedule import steps_per_round
 from ark_dist.train.step import ark_loss, micro_batches
 
@@ -123,7 +124,8 @@ class Run:
         import ray.train
         from safetensors.torch import load_file
 
-        checkpoint = ray.train.get_checkpoint()
+        # Ray Train's latest; else ark-dist's record, where the driver found Ray's list cut off (resume.py)
+        checkpoint = ray.train.get_checkpoint() or recorded_checkpoint(run_url(self.cfg))
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:

@@ -71,12 +71,12 @@ def main(argv: list[str]) -> int:
         if not cfg.tune.space:
             raise ValueError(f"{args.config}: tune.space is empty: nothing to sweep")
         from ark_dist.train.run import preflight, start_ray
-        from ark_dist.tune.sweep import check_space, tuner
+        from ark_dist.tune.sweep import check_space, sweep, tuner
 
         check_space(cfg)
         preflight(cfg)
         start_ray()
-        results = tuner(cfg).fit()
+        results = sweep(tuner(cfg))
     except (ValueError, ShardReadError) as exc:  # a mistake in the recipe, or a store it cannot read
         print(f"error: {exc}", file=sys.stderr)
         return 2

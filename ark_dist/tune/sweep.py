@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 
 from ark_dist.config import Config, to_dict
 from ark_dist.configtree import apply_overrides, from_dict
 from ark_dist.fs import join
 from ark_dist.train.run import storage
+
+log = logging.getLogger(__name__)
 
 DRIVER_MEMORY = 256 * 2**20  # what a trial's trainable reserves (bytes of Ray's logical memory)
 TRIALS = "trials"  # <storage>/<sweep>/trials/<trial id>: each trial's run folder (checkpoints, metrics)
@@ -133,3 +136,39 @@ def tuner(cfg: Config):
                                     max_concurrent_trials=concurrent_trials(cfg)),
         run_config=tune.RunConfig(name=t.name, storage_path=storage(cfg.train.storage_path)),
     )
+
+
+def _job_placement_groups() -> dict[str, object]:
+    """{id: PlacementGroup} of the live, non-detached placement groups this Ray job created."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    return {pg.placement_group_id: PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg.placement_group_id)))
+            for pg in list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
+            if pg.creator_job_id == job and pg.state != "REMOVED" and not pg.is_detached}
+
+
+def sweep(tuned, *, wait_s: float = 20.0):
+    """`tuned.fit()`, then free what stopped trials left reserved. A trial that ASHA stops dies
+    with its Train controller; Ray Train's placement-group cleaner (a detached actor polling the
+    state API every second) then removes the workers' placement group, but on a busy node it can
+    lag or miss one, which stays reserved until this job ends: for the rest of a notebook, or a
+    driver that sweeps again. Every trial has ended when `fit` returns, so a placement group this
+    job created during the sweep and still holds after `wait_s` is removed, with a warning."""
+    import time
+
+    from ray.util.placement_group import remove_placement_group
+
+    before = set(_job_placement_groups())
+    results = tuned.fit()
+    deadline = time.monotonic() + wait_s
+    while (left := {k: v for k, v in _job_placement_groups().items() if k not in before}) and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pg_id, pg in left.items():
+        log.warning("placement group %s of a finished trial was still reserved %.0f s after the sweep: removed it",
+                    pg_id, wait_s)
+        remove_placement_group(pg)
+    return results

@@ -25,20 +25,27 @@ def _rank_pid(log: Path, rank: int) -> int:
 
 @pytest.mark.slow
 def test_a_driver_killed_mid_round_resumes_to_the_same_teacher_and_w_and_b_run(six_store, tmp_path, clean):
-    """SIGKILL the driver and its local Ray once a mid-round checkpoint exists; re-running the same
-    command resumes from it, ends with the teacher of an uninterrupted run, and logs to the same W&B
-    run (offline here) from the resumed round on."""
+    """SIGKILL the driver and its local Ray once a mid-round checkpoint exists, at the worst moment:
+    while Ray Train rewrote its list of checkpoints, which is left empty. Re-running the same
+    command moves that list aside, resumes from ark-dist's record of the latest checkpoint, ends
+    with the teacher of an uninterrupted run, and logs to the same W&B run (offline here) from the
+    resumed round on."""
     from wandbfiles import read_run
+
+    from ark_dist.train.resume import LATEST, SNAPSHOT
 
     teacher, starts = clean
     runs, run = tmp_path / "runs", tmp_path / "runs" / "killed"
     argv = fr.args(six_store, runs, "killed", "tracking.wandb=offline")
     with fr.driver(argv, tmp_path / "killed.log") as proc:
-        fr.wait_for("a mid-round checkpoint", lambda: fr.mid_round(run), proc, tmp_path / "killed.log")
+        fr.wait_for("a mid-round checkpoint", lambda: fr.mid_round(run) and (run / LATEST).is_file(), proc,
+                    tmp_path / "killed.log")
     reached = max(fr.checkpoints(run).values())
     assert reached[0] < 2, "killed too late: the run had finished"
+    (run / SNAPSHOT).write_text("")  # what a SIGKILL between Ray's truncate and its write leaves
     with fr.driver(argv, tmp_path / "resumed.log") as proc:
         text = fr.finish(proc, tmp_path / "resumed.log")
+    assert f"{SNAPSHOT} was cut off" in text, text[-3000:]
     [cursor] = fr.resumed(text)
     at_kill, resumed = fr.step(starts, reached), fr.step(starts, cursor)
     print(f"driver killed after global step {at_kill} (newest checkpoint on disk), resumed at {resumed}")
