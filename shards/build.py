@@ -23,11 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shards import __version__, catalog, splits
+from shards import __version__, catalog, masks, splits
 from shards.errors import ShardsError
-from shards.images import EncodeOptions, ImageError, convert
+from shards.images import EncodeOptions, ImageError, convert_sample
 from shards.labelfiles import sha256_file
-from shards.manifest import Manifest
+from shards.manifest import Manifest, publish
 from shards.samples import Record, encode_json, write_tar
 from shards.sources import Source
 from shards.store import TMP_MARK, Store
@@ -114,16 +114,37 @@ def _plan(source: Source, scan, options: BuildOptions, root: Path) -> list[Plann
             url = f"{source.name}/{split}-{index:06d}.tar"
             digest = hashlib.sha256(json.dumps({**base, "url": url, "ids": [r.id for r in chunk],
                                                 "files": [_file_state(root / r.image) for r in chunk],
+                                                "masks": [_mask_plan(r, root) for r in chunk],
                                                 "facts": [r.facts(source.name, original_size=(), stored_size=())
                                                           for r in chunk]}, sort_keys=True).encode())
             planned.append(PlannedShard(split=split, url=url, records=chunk, plan=digest.hexdigest()))
     return planned
 
 
+def _mask_plan(record: Record, root: Path):
+    """What of a record's masks the label files do not pin: their specs, and the mask files' sizes."""
+    if not record.masks:
+        return None
+    return {k: {**spec, "states": [_file_state(root / f) for f in spec.get("files", ())]}
+            for k, spec in sorted(record.masks.items())}
+
+
+def _mask_tasks(source: Source, record: Record) -> list[tuple[int, str, dict]]:
+    """(index in the manifest's `masks`, class, spec) of each mask a record has."""
+    out = []
+    for name, spec in sorted((record.masks or {}).items()):
+        if name not in source.mask_classes:
+            raise ShardsError(f"{source.name}: record {record.id} has a mask of {name!r}, which is not one of the "
+                              f"source's mask classes {source.mask_classes}")
+        out.append((source.mask_classes.index(name), name, spec))
+    return out
+
+
 def _convert_one(task):
-    """Worker: (absolute path, options) -> ("ok", bytes, original size, stored size) | ("bad", reason).
-    Unreadable inputs are data problems and come back as "bad"; anything else is a bug and raises."""
-    path, options = task
+    """Worker: (absolute path, options, masks, root) -> ("ok", bytes, original size, stored size,
+    perceptual hash, {member: mask PNG}) | ("bad", reason). Unreadable inputs are data problems and
+    come back as "bad"; anything else is a bug and raises."""
+    path, options, mask_tasks, root = task
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -132,9 +153,16 @@ def _convert_one(task):
     except OSError as exc:
         return "bad", f"unreadable file: {exc.strerror or exc}"
     try:
-        return ("ok", *convert(data, name=path, options=options))
+        image, original, size, phash = convert_sample(data, name=path, options=options)
     except ImageError as exc:
         return "bad", str(exc)
+    members = {}
+    for index, name, spec in mask_tasks:
+        try:
+            members[masks.member(index)] = masks.encode(masks.rasterize(spec, original, Path(root)), size)
+        except masks.MaskError as exc:
+            return "bad", f"mask {name!r}: {exc}"
+    return "ok", image, original, size, phash, members
 
 
 def _results(tasks, workers: int):
@@ -217,7 +245,7 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
     log(f"{source.name}: {total} images in {len(planned)} shards ({len(results)} already built), "
         f"{len(todo)} to build with {options.workers or available_cores()} workers")
 
-    tasks = [(str(root / r.image), options.encode) for s in todo for r in s.records]
+    tasks = [(str(root / r.image), options.encode, _mask_tasks(source, r), str(root)) for s in todo for r in s.records]
     stream = _results(tasks, options.workers or available_cores())
     bar = tqdm(total=len(tasks), unit="img", desc=source.name, disable=not options.progress, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 15)
@@ -235,9 +263,10 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
                             f"{source.name}: {bad} unreadable images exceed --max-bad {options.max_bad} "
                             f"({budget} allowed of {total}); latest: {root / record.image}: {out[0]}")
                     continue
-                image, original, size = out
-                facts = record.facts(source.name, original_size=original, stored_size=size)
-                samples.append((f"{source.name}/{record.id}", options.encode.extension, image, encode_json(facts)))
+                image, original, size, phash, members = out
+                facts = {**record.facts(source.name, original_size=original, stored_size=size), "phash": phash}
+                samples.append((f"{source.name}/{record.id}", options.encode.extension, image, encode_json(facts),
+                                members))
             data = write_tar(samples)
             entry = {"url": shard.url, "num_samples": len(samples), "num_bytes": len(data),
                      "sha256": hashlib.sha256(data).hexdigest(), "plan": shard.plan}
@@ -253,9 +282,7 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
 
     entry = _entry(source, scan, options, planned, results, heads, root)
     store.write_bytes(f"{source.name}/splits.csv", splits.to_csv(scan.records))
-    manifest = Manifest.load(store, missing_ok=True)  # re-read: another dataset may have landed
-    manifest.datasets[source.name] = entry
-    manifest.save(store)
+    publish(store, entry)  # safe beside builds of other datasets into the same store
     _remove_stale(store, source.name, keep={s.url for s in planned})
     elapsed = time.perf_counter() - started
     _summary(log, source.name, entry, elapsed, built=len(tasks), reused=len(planned) - len(todo))
@@ -282,6 +309,7 @@ def _entry(source, scan, options: BuildOptions, planned, results, heads, root: P
         "task": source.task,
         "labels": list(heads),
         "all_labels": list(scan.classes),
+        "masks": list(source.mask_classes),
         "image": {"format": enc.format, "quality": enc.quality if enc.format == "jpeg" else None,
                   "max_side": enc.max_side, "bit_depth": 8, "channels": 1},
         "splits": entry_splits,

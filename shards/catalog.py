@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shards import splits
+from shards import masks, splits
 from shards.errors import ShardsError
 from shards.sources import Scan, Source
 
@@ -49,8 +49,30 @@ def class_counts(scan: Scan, split: str) -> dict[str, dict[str, int]]:
     return counts
 
 
+def box_counts(records) -> dict[str, int]:
+    """Boxes per class, every reader's."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for box in record.boxes or ():
+            counts[box["label"]] = counts.get(box["label"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def mask_counts(source: Source, records, root: Path) -> dict[str, dict[str, int]]:
+    """Per mask class: images with a mask of it (an empty one counts: the image was annotated) and
+    its pixels in the original grid, from the label files (`masks.pixels`)."""
+    counts = {c: {"images": 0, "pixels": 0} for c in source.mask_classes}
+    for record in records:
+        for name, spec in (record.masks or {}).items():
+            entry = counts.setdefault(name, {"images": 0, "pixels": 0})
+            entry["images"] += 1
+            entry["pixels"] += masks.pixels(spec, root)
+    return counts
+
+
 def inspect(source: Source, root: Path, **options) -> dict:
-    """The `inspect --json` document: per split, images, missing images and class counts."""
+    """The `inspect --json` document: per split, images, missing images, class counts, boxes per
+    class and masks per class."""
     scan = load(source, root, **options)
     report = {"source": source.name, "splits": {}}
     for split in splits.SPLITS:
@@ -59,5 +81,6 @@ def inspect(source: Source, root: Path, **options) -> dict:
             continue
         missing = sum(not (root / r.image).is_file() for r in records)
         report["splits"][split] = {"num_images": len(records), "num_missing_images": missing,
-                                   "classes": class_counts(scan, split)}
+                                   "classes": class_counts(scan, split), "boxes": box_counts(records),
+                                   "masks": mask_counts(source, records, root)}
     return report, scan.notes

@@ -55,6 +55,10 @@ def cmd_inspect(args) -> int:
         print(f"    {'class':32s} {'pos':>8s} {'neg':>8s} {'unc':>8s} {'missing':>8s}")
         for name, c in info["classes"].items():
             print(f"    {name:32s} {c['positive']:8d} {c['negative']:8d} {c['uncertain']:8d} {c['missing']:8d}")
+        if info["boxes"]:
+            print(f"    {'boxes':32s} " + ", ".join(f"{k} {v}" for k, v in info["boxes"].items()))
+        for name, m in info["masks"].items():
+            print(f"    {'mask ' + name:32s} {m['images']} images, {m['pixels']} pixels")
     return 0
 
 

@@ -104,17 +104,32 @@ def decode_original(data: bytes, *, name: str, draft_to: int | None = None) -> I
 
 def convert(data: bytes, *, name: str, options: EncodeOptions) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
     """Original bytes -> (stored image bytes, original (w, h), stored (w, h))."""
+    return convert_sample(data, name=name, options=options, phash=False)[:3]
+
+
+def convert_sample(data: bytes, *, name: str, options: EncodeOptions, phash: bool = True):
+    """Original bytes -> (stored image bytes, original (w, h), stored (w, h), perceptual hash of
+    the stored image as 16 hex digits, or None with phash=False). The hash is imagehash's DCT
+    phash (64 bits): images that differ by re-encoding or resizing stay a few bits apart."""
     img = decode_original(data, name=name, draft_to=options.max_side)
     original = _original_size(data, name, img)
     size = target_size(*img.size, options.max_side)
     if size != img.size:
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    digest = str(image_hash(img)) if phash else None
     buf = io.BytesIO()
     if options.format == "jpeg":
         img.save(buf, "JPEG", quality=options.quality, optimize=False, progressive=False)
     else:
         img.save(buf, "PNG", compress_level=6)
-    return buf.getvalue(), original, size
+    return buf.getvalue(), original, size, digest
+
+
+def image_hash(img: Image.Image):
+    """imagehash's 64-bit perceptual hash of a grayscale image (`str()` gives 16 hex digits)."""
+    import imagehash
+
+    return imagehash.phash(img)
 
 
 def _original_size(data: bytes, name: str, decoded: Image.Image) -> tuple[int, int]:

@@ -71,3 +71,14 @@ def binary_value(raw: str, *, path: Path, line: int, column: str) -> int:
     if raw not in ("0", "1", "0.0", "1.0"):
         raise ShardsError(f"{path}:{line}: column {column!r} has {raw!r}, expected 0 or 1")
     return int(float(raw))
+
+
+def number(raw: str, *, path: Path, line: int, column: str) -> float:
+    """A finite number (a box coordinate), or an error naming the file, line and column."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ShardsError(f"{path}:{line}: column {column!r} has {raw!r}, expected a number")
+    return value

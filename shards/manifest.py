@@ -1,12 +1,19 @@
 """The manifest: `<store>/manifest.json`, the single source of sizes and label spaces (DESIGN 2.1).
 
-Written by `shards build`, read by `shards verify|ls` and by the trainer. The layout, format 1:
+Written by `shards build`, read by `shards verify|ls` and by the trainer. Builds of different
+datasets may finish together (a cluster builds each dataset as its own job, into one store), so a
+build first writes its entry alone, `manifest.d/<dataset>.json`, then merges every entry into
+`manifest.json` and re-reads both until the file holds them all (`publish`): whichever build
+writes last checks after its write, so no entry is lost, on a local folder or on S3.
+
+The layout, format 1:
 
     {"format": 1,
      "datasets": {NAME: {
         "name", "task" (multilabel|multiclass|binary),
         "labels": [head label names, in head order],
         "all_labels": [every class in the samples' raw label facts, as the label file spells it],
+        "masks": [mask classes; a sample's mask k is its member `mask.<k>.png`] (absent: none),
         "image": {"format": "png"|"jpeg", "quality", "max_side", "bit_depth": 8, "channels": 1},
         "splits": {SPLIT: {"num_samples", "num_bytes",
                            "shards": [{"url" (relative to the store), "num_samples", "num_bytes",
@@ -26,6 +33,7 @@ from shards.store import Store
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+PARTS = "manifest.d"  # one entry per dataset, written by its build before the merge
 TASKS = ("multilabel", "multiclass", "binary")
 
 
@@ -70,3 +78,21 @@ class Manifest:
             for split, info in self.datasets[name]["splits"].items():
                 for shard in info["shards"]:
                     yield name, split, shard
+
+
+def publish(store: Store, entry: dict, *, attempts: int = 50) -> None:
+    """Add one dataset's entry to the store's manifest without losing a concurrent build's."""
+    from shards.store import TMP_MARK
+
+    store.write_bytes(f"{PARTS}/{entry['name']}.json", json.dumps(entry).encode())
+    for _ in range(attempts):
+        current = Manifest.load(store, missing_ok=True)
+        merged = dict(current.datasets)  # entries of stores built before parts existed stay
+        for name in store.list(PARTS):
+            if name.endswith(".json") and TMP_MARK not in name:
+                part = json.loads(store.read_bytes(f"{PARTS}/{name}"))
+                merged[part["name"]] = part
+        if merged == current.datasets:
+            return
+        Manifest(datasets=merged).save(store)
+    raise ShardsError(f"{store.describe(MANIFEST)}: still changing after {attempts} merges; re-run the build")

@@ -6,15 +6,53 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+from shards import masks
 from shards.images import ImageError, decode_stored
 from shards.manifest import Manifest
 from shards.samples import read_tar
 from shards.store import Store
 
 
-def check_shard(store: Store, dataset: str, shard: dict, *, image_format: str) -> list[str]:
+def check_sample(key: str, parts: dict, *, ext: str, mask_classes: list[str]) -> list[str]:
+    """Problems with one sample: its members, the image and JSON decoding, every box inside the
+    image with x0 < x1 and y0 < y1, every mask decoding at the image's size."""
+    allowed = {ext, "json", *(masks.member(k) for k in range(len(mask_classes)))}
+    if not {ext, "json"} <= set(parts) or not set(parts) <= allowed:
+        return [f"sample {key!r} has members {sorted(parts)}, expected {ext}, json and masks among "
+                f"{sorted(allowed - {ext, 'json'})}"]
+    problems = []
+    try:
+        width, height = decode_stored(parts[ext]).size
+    except ImageError as exc:
+        return [f"sample {key!r}: {exc}"]
+    try:
+        facts = json.loads(parts["json"])
+    except ValueError as exc:
+        return [f"sample {key!r}: bad JSON: {exc}"]
+    for box in facts.get("boxes") or ():
+        x0, y0, x1, y1 = box["xyxy"]
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            problems.append(f"sample {key!r}: box {box['label']!r} {box['xyxy']} is not inside its "
+                            f"{width}x{height} image with x0 < x1 and y0 < y1")
+    listed = facts.get("masks") or []
+    stored = sorted(mask_classes[int(m.split(".")[1])] for m in parts if m.startswith("mask."))
+    if sorted(listed) != stored:
+        problems.append(f"sample {key!r}: its JSON lists masks {sorted(listed)}, its members hold {stored}")
+    for member in sorted(m for m in parts if m.startswith("mask.")):
+        try:
+            shape = masks.decode(parts[member]).shape
+        except masks.MaskError as exc:
+            problems.append(f"sample {key!r}: {member}: {exc}")
+            continue
+        if shape != (height, width):
+            problems.append(f"sample {key!r}: {member} is {shape[1]}x{shape[0]}, its image {width}x{height}")
+    return problems
+
+
+def check_shard(store: Store, dataset: str, shard: dict, *, image_format: str,
+                mask_classes: list[str] = ()) -> list[str]:
     """Problems with one shard (empty when it is sound): size, sha256, tar structure, sample
-    count, key names, every image decoding and every JSON parsing."""
+    count, key names, and every sample (`check_sample`)."""
     try:
         data = store.read_bytes(shard["url"])
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable shard is a finding, not a crash
@@ -32,17 +70,7 @@ def check_shard(store: Store, dataset: str, shard: dict, *, image_format: str) -
             count += 1
             if not key.startswith(f"{dataset}/"):
                 problems.append(f"sample {key!r} is not under {dataset}/")
-            if set(parts) != {ext, "json"}:
-                problems.append(f"sample {key!r} has members {sorted(parts)}, expected {ext} and json")
-                continue
-            try:
-                decode_stored(parts[ext])
-            except ImageError as exc:
-                problems.append(f"sample {key!r}: {exc}")
-            try:
-                json.loads(parts["json"])
-            except ValueError as exc:
-                problems.append(f"sample {key!r}: bad JSON: {exc}")
+            problems += check_sample(key, parts, ext=ext, mask_classes=list(mask_classes))
     except Exception as exc:  # noqa: BLE001 - tarfile raises several types for a damaged archive
         problems.append(f"unreadable tar: {type(exc).__name__}: {exc}")
     if count != shard["num_samples"]:
@@ -53,9 +81,10 @@ def check_shard(store: Store, dataset: str, shard: dict, *, image_format: str) -
 def verify(store: Store, *, workers: int = 8, log=print) -> dict[str, list[str]]:
     """Check every shard the manifest lists; returns {shard URL: problems} for the bad ones."""
     manifest = Manifest.load(store)
-    jobs = [(name, shard, manifest.datasets[name]["image"]["format"]) for name, _, shard in manifest.shards()]
+    jobs = [(name, shard, manifest.datasets[name]) for name, _, shard in manifest.shards()]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = pool.map(lambda job: check_shard(store, job[0], job[1], image_format=job[2]), jobs)
+        found = pool.map(lambda job: check_shard(store, job[0], job[1], image_format=job[2]["image"]["format"],
+                                                 mask_classes=job[2].get("masks", [])), jobs)
         bad = {}
         for (name, shard, _), problems in zip(jobs, found):
             if problems:

@@ -62,10 +62,12 @@ def vindr_cxr(root: Path) -> dict:
 
 def rsna_pneumonia(root: Path) -> dict:
     classes = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]
-    facts = {row["patientId"]: {"labels": {c: int(c == row["class"]) for c in classes}, "boxes": 0}
+    facts = {row["patientId"]: {"labels": {c: int(c == row["class"]) for c in classes}, "boxes": []}
              for row in _rows(root / "stage_2_detailed_class_info.csv")}
     for row in _rows(root / "stage_2_train_labels.csv"):
-        facts[row["patientId"]]["boxes"] += row["Target"] == "1"
+        if row["Target"] == "1":
+            x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
+            facts[row["patientId"]]["boxes"].append(("Lung Opacity", [x, y, x + w, y + h], None))
     return {k.replace(".", "_"): v for k, v in facts.items()}
 
 

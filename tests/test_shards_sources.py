@@ -26,7 +26,7 @@ def test_inspect_counts_match_label_files(source, synth_root):
     assert set(report["splits"]) <= {"train", "val", "test"}
     assert sum(s["num_images"] for s in report["splits"].values()) == len(expected)
     for split in report["splits"].values():
-        assert set(split) == {"num_images", "num_missing_images", "classes"}
+        assert set(split) == {"num_images", "num_missing_images", "classes", "boxes", "masks"}
         assert split["num_missing_images"] == 0
         for counts in split["classes"].values():
             assert set(counts) == {"positive", "negative", "uncertain", "missing"}
@@ -38,6 +38,16 @@ def test_inspect_counts_match_label_files(source, synth_root):
         if len(with_labels) == len(expected):
             positives = sum(split["classes"][name]["positive"] for split in report["splits"].values())
             assert positives == sum(1 for labels in with_labels if labels[name] == 1), name
+    # Boxes per class over all splits equal the label files' count (every reader's).
+    boxes: dict[str, int] = {}
+    for facts in expected.values():
+        for label, *_ in facts.get("boxes", ()):
+            boxes[label] = boxes.get(label, 0) + 1
+    found: dict[str, int] = {}
+    for split in report["splits"].values():
+        for label, count in split["boxes"].items():
+            found[label] = found.get(label, 0) + count
+    assert found == boxes
 
 
 def test_inspect_with_label_files_but_no_images(source, raw_copy):

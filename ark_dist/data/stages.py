@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from ark_dist.data.labels import LabelPolicy
 from ark_dist.data.remote import BadShard, Store
 from ark_dist.data.views import draw_views
-from shards.samples import safe_member
+from shards.samples import safe_member, split_member
 
 
 class DataError(RuntimeError):
@@ -177,7 +177,7 @@ def grouped(members: Iterable[tuple[str, bytes]], counters: Counters) -> Iterato
     current, parts = None, {}
     try:
         for name, data in members:
-            key, _, ext = name.rpartition(".")
+            key, ext = split_member(name)  # `ds/id.mask.0.png` belongs to `ds/id`
             if key != current:
                 if current is not None:
                     yield current, parts

@@ -34,6 +34,7 @@ class Source:
     layout: str = ""  # one line: where the label files and images are
     holdout: dict[str, float] = {}  # fractions of the train pool held out, e.g. {"val": 0.1}
     head_labels: list[str] | None = None  # default head classes; None = every class
+    mask_classes: list[str] = []  # the classes records may give masks of (a sample's mask k: this list's k-th)
 
     def scan(self, root: Path) -> Scan:
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """RSNA Pneumonia Detection: `stage_2_train_labels.csv` (`patientId,x,y,width,height,Target`, one
 row per box) and `stage_2_detailed_class_info.csv` (`patientId,class`); images
-`stage_2_train_images/<patientId>.dcm`. Three classes, one per image: a multi-class head."""
+`stage_2_train_images/<patientId>.dcm`. Three classes, one per image: a multi-class head. Each
+`Target` 1 row is one `Lung Opacity` box (`x,y,width,height` in the 1024 px original)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from shards import synth
 from shards.errors import ShardsError
-from shards.labelfiles import binary_value, find, read_rows
+from shards.labelfiles import binary_value, find, number, read_rows
 from shards.samples import Record, sanitize_id
 from shards.sources import Scan, Source
 
@@ -46,11 +47,12 @@ class RsnaPneumonia(Source):
                 raise ShardsError(f"{boxes_file}:{line}: Target {target} contradicts class {classes[pid]!r}")
             entry = boxes.setdefault(pid, [])
             if target:
-                entry.append([float(row[k]) for k in ("x", "y", "width", "height")])
+                x, y, w, h = (number(row[k], path=boxes_file, line=line, column=k) for k in ("x", "y", "width", "height"))
+                entry.append({"label": "Lung Opacity", "xyxy": [x, y, x + w, y + h], "reader": None})
         records = [
             Record(id=sanitize_id(pid), image=f"stage_2_train_images/{pid}.dcm", split="train", patient=pid,
                    frontal=True, labels={c: int(c == classes[pid]) for c in CLASSES},
-                   extra={"boxes": boxes[pid]})  # [x, y, width, height] in original pixels
+                   boxes=boxes[pid])
             for pid in boxes
         ]
         return Scan(records=records, classes=list(CLASSES), label_files=[boxes_file, class_file])
