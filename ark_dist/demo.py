@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     step(f"1/5 synthetic raw datasets ({args.per_source} images each) -> {raw}", started)
-    if shards(["synth", "--out", str(raw), "--per-source", str(args.per_source), "--scale", str(args.scale)]):
+    if shards(["synth", "--out", str(raw), "--per-source", str(args.per_source), "--scale", str(args.scale),
+               "--sources", *SOURCES]):
         return 1
     for source in SOURCES:
         step(f"2/5 shards build {source} -> {store}", started)
