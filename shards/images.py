@@ -1,4 +1,4 @@
-"""Image conversion: any original (8/16-bit PNG, JPEG, DICOM) -> 8-bit grayscale, resized, encoded.
+"""Image conversion: any original (8/16-bit PNG, JPEG, DICOM, MetaImage) -> 8-bit grayscale, resized, encoded.
 
 All functions are pure and deterministic: the same bytes in give the same bytes out, which is what
 makes shards byte-identical across builds.
@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+METAIMAGE_SUFFIXES = (".mha",)
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # CXRs are big; PIL's bomb guard still applies beyond this
 
 
@@ -92,13 +93,37 @@ def _decode_raster(data: bytes, draft_to: int | None) -> Image.Image:
     raise ImageError(f"unsupported image mode {img.mode}")
 
 
+def _decode_metaimage(data: bytes) -> Image.Image:
+    """A single-file MetaImage (`.mha`, NODE21) through SimpleITK, which reads files only: the bytes
+    go to a temporary file. One 2-D frame (or a 3-D volume one slice deep), min-max windowed."""
+    import tempfile
+
+    import SimpleITK as sitk
+
+    with tempfile.NamedTemporaryFile(suffix=".mha") as f:
+        f.write(data)
+        f.flush()
+        try:
+            pixels = sitk.GetArrayFromImage(sitk.ReadImage(f.name))
+        except RuntimeError as exc:  # SimpleITK's one exception type, with ITK's message
+            message = str(exc).strip().splitlines()[-1].replace(f'"{f.name}"', "it").replace(f.name, "it")
+            raise ImageError(f"unreadable MetaImage: {message}") from exc
+    if pixels.ndim == 3 and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    if pixels.ndim != 2:
+        raise ImageError(f"MetaImage pixel data has shape {pixels.shape}, expected one grayscale frame")
+    return Image.fromarray(_to_uint8(pixels))
+
+
 def decode_original(data: bytes, *, name: str, draft_to: int | None = None) -> Image.Image:
-    """Decode an original image file's bytes to 8-bit grayscale. `name` picks DICOM by suffix;
-    `draft_to` lets JPEG decode at reduced scale when the result will be shrunk to that side."""
+    """Decode an original image file's bytes to 8-bit grayscale. `name` picks DICOM and MetaImage
+    by suffix; `draft_to` lets JPEG decode at reduced scale when the result will be shrunk to that side."""
     if not data:
         raise ImageError("empty file")
     if name.lower().endswith(DICOM_SUFFIXES) or data[128:132] == b"DICM":
         return _decode_dicom(data)
+    if name.lower().endswith(METAIMAGE_SUFFIXES):
+        return _decode_metaimage(data)
     return _decode_raster(data, draft_to)
 
 
@@ -134,7 +159,7 @@ def image_hash(img: Image.Image):
 
 def _original_size(data: bytes, name: str, decoded: Image.Image) -> tuple[int, int]:
     # JPEG draft mode shrinks at decode time; report the file's own size, not the draft's.
-    if decoded.size and not (name.lower().endswith(DICOM_SUFFIXES) or data[128:132] == b"DICM"):
+    if decoded.size and not (name.lower().endswith(DICOM_SUFFIXES + METAIMAGE_SUFFIXES) or data[128:132] == b"DICM"):
         with Image.open(io.BytesIO(data)) as probe:
             return probe.size
     return decoded.size

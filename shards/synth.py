@@ -147,6 +147,16 @@ def write_dicom(path: Path, pixels: np.ndarray, *, uid_seed: str, bits: int = 12
     ds.save_as(path, enforce_file_format=True)
 
 
+def write_mha(path: Path, pixels: np.ndarray, *, bits: int = 16, compress: bool = True) -> None:
+    """A single-file MetaImage (`.mha`) as NODE21 ships them, written by SimpleITK: 16-bit
+    (`bits` of real data), 3-D one slice deep, zlib-compressed."""
+    import SimpleITK as sitk
+
+    data = np.round(pixels * (2**bits - 1)).astype(np.uint16 if bits > 8 else np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(data[None]), str(path), useCompression=compress)
+
+
 def write_csv(path: Path, header: list[str], rows: list[list], *, trailing_comma: bool = False) -> None:
     """CSV (or CSV.GZ by suffix) with `\\n` line ends; `trailing_comma` appends an empty field to
     every line, like NIH's older Data_Entry_2017.csv."""

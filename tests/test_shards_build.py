@@ -46,28 +46,9 @@ def test_shard_facts_equal_label_files(source, store, synth_root):
         assert got["labels"] == want["labels"], key
         assert got.get("readers") == want.get("readers"), key
         if "boxes" in want:
-            assert_boxes(got, want["boxes"], key)
+            labelfacts.assert_boxes(got, want["boxes"], key)
         image = decode_stored(got["_image"])
         assert image.mode == "L" and max(image.size) <= 512 and list(image.size) == got["size"]
-
-
-def assert_boxes(sample: dict, want: list[tuple], key: str) -> None:
-    """The sample's boxes are the label file's (label, original xyxy, reader), scaled by hand from
-    the original to the stored size and clipped to it, within a pixel."""
-    (ow, oh), (sw, sh) = sample["original_size"], sample["size"]
-    expected = []
-    for label, (x0, y0, x1, y1), reader in want:
-        box = [min(max(x0 * sw / ow, 0), sw), min(max(y0 * sh / oh, 0), sh),
-               min(max(x1 * sw / ow, 0), sw), min(max(y1 * sh / oh, 0), sh)]
-        if box[0] < box[2] and box[1] < box[3]:
-            expected.append((label, box, reader))
-    got = [(b["label"], b["xyxy"], b["reader"]) for b in sample["boxes"]]
-    assert len(got) == len(expected), (key, got, expected)
-    for label, box, reader in expected:  # each expected box matches a stored one, used once
-        match = next((g for g in got if g[0] == label and g[2] == reader
-                      and max(abs(a - b) for a, b in zip(g[1], box)) <= 1), None)
-        assert match is not None, (key, label, box, reader, got)
-        got.remove(match)
 
 
 def test_manifest_contract(store):
