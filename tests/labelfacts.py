@@ -25,7 +25,13 @@ def chestxray14(root: Path) -> dict:
     classes = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
     name, findings = header.index("Image Index"), header.index("Finding Labels")
-    return {r[name][:-4]: {"labels": {c: int(c in r[findings].split("|")) for c in classes}} for r in rows}
+    facts = {r[name][:-4]: {"labels": {c: int(c in r[findings].split("|")) for c in classes}, "boxes": []}
+             for r in rows}
+    with open(root / "BBox_List_2017.csv", newline="") as f:  # Image Index, Finding Label, x, y, w, h, '', '', ''
+        for image, label, x, y, w, h, *_ in list(csv.reader(f))[1:]:
+            x, y, w, h = float(x), float(y), float(w), float(h)
+            facts[image[:-4]]["boxes"].append((label, [x, y, x + w, y + h], None))
+    return facts
 
 
 def chexpert(root: Path) -> dict:

@@ -26,6 +26,26 @@ def test_nih_bracketed_header_and_older_trailing_comma_file(raw_copy):
     assert _inspect("chestxray14", root) == newer
 
 
+def test_nih_box_list_split_header_is_optional_and_checked(raw_copy):
+    root = raw_copy("chestxray14")
+    path = root / "BBox_List_2017.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "Image Index,Finding Label,Bbox [x,y,w,h],,," and all(r.endswith(",,,") for r in lines[1:])
+    with_boxes = _inspect("chestxray14", root)
+    assert sum(sum(s["boxes"].values()) for s in with_boxes["splits"].values()) == len(lines) - 1 > 0
+    image, label, *rest = lines[1].split(",")
+    path.write_text("\n".join([lines[0], ",".join([image, "Infiltration", *rest]), *lines[2:]]) + "\n")
+    code, _, err = run_shards("inspect", "--source", "chestxray14", "--root", root)
+    assert code == 2 and f"{path}:2: column 'Finding Label' has 'Infiltration'" in err and len(err.splitlines()) == 1
+    path.write_text("\n".join([lines[0], ",".join(["99999999_000.png", label, *rest])]) + "\n")
+    code, _, err = run_shards("inspect", "--source", "chestxray14", "--root", root)
+    assert code == 2 and "99999999_000.png has boxes but no row" in err
+    path.unlink()  # the box list is optional: without it, no boxes and the same labels
+    without = _inspect("chestxray14", root)
+    assert all(s["boxes"] == {} for s in without["splits"].values())
+    assert [s["classes"] for s in without["splits"].values()] == [s["classes"] for s in with_boxes["splits"].values()]
+
+
 def test_chexpert_prefixes_values_and_valid_file(synth_root):
     root = synth_root / "chexpert"
     train = (root / "train.csv").read_text()
