@@ -219,7 +219,7 @@ def build(source: Source, root: Path, store: Store, options: BuildOptions, *, lo
             raise ShardsError(f"split file not found: {path}")
         split_file = (path.read_bytes(), str(path))
     scan = catalog.load(source, root, seed=options.seed, holdout=options.holdout, split_file=split_file)
-    heads = options.classes or source.head_labels or scan.classes
+    heads = options.classes or scan.head_labels or source.head_labels or scan.classes
     unknown = [c for c in heads if c not in scan.classes]
     if unknown:
         raise ShardsError(f"{source.name}: unknown class {unknown[0]!r} (classes: {', '.join(scan.classes)})")

@@ -63,6 +63,13 @@ def vindr_cxr(root: Path) -> dict:
     for row in _rows(root / "annotations" / "image_labels_test.csv"):
         image = row.pop("image_id")
         facts[image] = {"labels": {c: int(v) for c, v in row.items()}}
+    for image in facts:
+        facts[image]["boxes"] = []
+    for split in ("train", "test"):  # one row per box; a "No finding" row has no coordinates
+        for row in _rows(root / "annotations" / f"annotations_{split}.csv"):
+            if row["class_name"] != "No finding":
+                xyxy = [float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
+                facts[row["image_id"]]["boxes"].append((row["class_name"], xyxy, row["rad_id"] or None))
     return facts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import shutil
 
 from conftest import run_shards
 
@@ -83,6 +84,50 @@ def test_vindr_three_readers_and_consensus_test(synth_root):
     assert all(len(set(r)) == 3 for r in per_image.values())
     with open(root / "annotations" / "image_labels_test.csv") as f:
         assert "rad_id" not in next(csv.reader(f))
+
+
+def test_vindr_boxes_per_reader_and_the_kaggle_layout(raw_copy):
+    """PhysioNet's annotations_*.csv: a reader who saw nothing has one `No finding` row with empty
+    coordinates. Kaggle's VinBigData train.csv (the same rows plus class_id, 14 local labels) is
+    read too: a reader's votes are the classes it boxed, and the heads are its 15 classes."""
+    root = raw_copy("vindr_cxr")
+    with open(root / "annotations" / "annotations_train.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r["class_name"] == "No finding" and r["x_min"] == "" for r in rows)
+    kaggle_classes = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
+                      "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
+                      "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "No finding"]
+    kept = [r for r in rows if r["class_name"] in kaggle_classes]
+    header = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    with open(root / "train.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in kept:
+            writer.writerow([r["image_id"], r["class_name"], kaggle_classes.index(r["class_name"]), r["rad_id"],
+                             r["x_min"], r["y_min"], r["x_max"], r["y_max"]])
+    shutil.rmtree(root / "annotations")
+    report = _inspect("vindr_cxr", root)
+    boxes = {}
+    for r in kept:
+        if r["class_name"] != "No finding":
+            boxes[r["class_name"]] = boxes.get(r["class_name"], 0) + 1
+    found = {}
+    for split in report["splits"].values():
+        for label, n in split["boxes"].items():
+            found[label] = found.get(label, 0) + n
+    assert found == boxes and list(next(iter(report["splits"].values()))["classes"]) == kaggle_classes
+    assert set(report["splits"]) <= {"train", "val"}  # no labelled test set
+    store = root.parent / "store"
+    code, _, err = run_shards("build", "--source", "vindr_cxr", "--root", root, "--out", store, "--quiet",
+                              "--workers", "1")
+    assert code == 0, err
+    assert json.loads((store / "manifest.json").read_text())["datasets"]["vindr_cxr"]["labels"] == kaggle_classes
+    lines = (root / "train.csv").read_text().splitlines()
+    first = lines[1].split(",")
+    first[2] = "3" if first[2] != "3" else "4"  # a class_id that contradicts the class_name
+    (root / "train.csv").write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    code, _, err = run_shards("inspect", "--source", "vindr_cxr", "--root", root)
+    assert code == 2 and f"{root / 'train.csv'}:2: column 'class_id'" in err
 
 
 def test_rsna_box_rows_and_slash_class(synth_root):

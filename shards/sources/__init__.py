@@ -24,6 +24,7 @@ class Scan:
     classes: list[str]
     label_files: list[Path]
     notes: list[str] = field(default_factory=list)
+    head_labels: list[str] | None = None  # this layout's default heads, over the source's `head_labels`
 
 
 class Source:
