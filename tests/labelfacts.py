@@ -60,9 +60,9 @@ def vindr_cxr(root: Path) -> dict:
     for row in _rows(root / "annotations" / "image_labels_train.csv"):
         image, rad = row.pop("image_id"), row.pop("rad_id")
         facts.setdefault(image, {"labels": None, "readers": {}})["readers"][rad] = {c: int(v) for c, v in row.items()}
-    for row in _rows(root / "annotations" / "image_labels_test.csv"):
+    for row in _rows(root / "annotations" / "image_labels_test.csv"):  # its header says "Other disease"
         image = row.pop("image_id")
-        facts[image] = {"labels": {c: int(v) for c, v in row.items()}}
+        facts[image] = {"labels": {"Other diseases" if c == "Other disease" else c: _value(v) for c, v in row.items()}}
     for image in facts:
         facts[image]["boxes"] = []
     for split in ("train", "test"):  # one row per box; a "No finding" row has no coordinates

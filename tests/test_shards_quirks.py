@@ -83,7 +83,19 @@ def test_vindr_three_readers_and_consensus_test(synth_root):
         per_image.setdefault(row["image_id"], []).append(row["rad_id"])
     assert all(len(set(r)) == 3 for r in per_image.values())
     with open(root / "annotations" / "image_labels_test.csv") as f:
-        assert "rad_id" not in next(csv.reader(f))
+        header = next(csv.reader(f))
+    assert "rad_id" not in header and "Other disease" in header and "Other diseases" not in header
+
+
+def test_vindr_blank_test_cells_are_not_mentioned(raw_copy):
+    root = raw_copy("vindr_cxr")
+    path = root / "annotations" / "image_labels_test.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[lines[0].split(",").index("Other disease")] = ""
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    counts = _inspect("vindr_cxr", root)["splits"]["test"]["classes"]["Other diseases"]
+    assert counts["missing"] == 1
 
 
 def test_vindr_boxes_per_reader_and_the_kaggle_layout(raw_copy):

@@ -1,6 +1,7 @@
 """VinDr-CXR, as PhysioNet ships it: `annotations/image_labels_train.csv` (`image_id,rad_id,<28
 labels>`, one row per reader, 3 readers per image) and `annotations/image_labels_test.csv` (one
-consensus row); images `train|test/<image_id>.dicom` (some MONOCHROME1).
+consensus row, whose header spells `Other disease` where the train file has `Other diseases`, and
+whose cells may be blank: not mentioned); images `train|test/<image_id>.dicom` (some MONOCHROME1).
 
 Boxes, when `annotations/annotations_train.csv` / `annotations_test.csv` are there: one row per
 box (`image_id,rad_id,class_name,x_min,y_min,x_max,y_max`, original pixels) for the 22 local
@@ -36,6 +37,7 @@ KAGGLE = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", 
           "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening",
           "Pneumothorax", "Pulmonary fibrosis", "No finding"]  # class_id = index
 BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+TEST_SPELLING = {"Other diseases": "Other disease"}  # image_labels_test.csv's header, as shipped
 
 
 def read_boxes(path: Path, classes: list[str], *, class_ids: bool = False) -> dict[str, list[dict]]:
@@ -76,7 +78,11 @@ class VinDrCxr(Source):
         test_file = find(root, "annotations/image_labels_test.csv", "image_labels_test.csv",
                          what="vindr_cxr label file annotations/image_labels_test.csv")
         _, train_rows = read_rows(train_file, required=["image_id", "rad_id", *CLASSES])
-        _, test_rows = read_rows(test_file, required=["image_id", *CLASSES])
+        header, test_rows = read_rows(test_file, required=["image_id"])
+        test_columns = {c: TEST_SPELLING.get(c, c) if TEST_SPELLING.get(c) in header else c for c in CLASSES}
+        missing = [col for col in test_columns.values() if col not in header]
+        if missing:
+            raise ShardsError(f"{test_file}: missing column {missing[0]!r} (header: {', '.join(header)})")
         box_files = [train_file.parent / f"annotations_{split}.csv" for split in ("train", "test")]
         boxes = {}
         for path in box_files:
@@ -99,7 +105,8 @@ class VinDrCxr(Source):
             image = row["image_id"]
             records.append(Record(
                 id=sanitize_id(image), image=f"test/{image}.dicom", split="test", patient=image, frontal=True,
-                labels={c: binary_value(row[c], path=test_file, line=line, column=c) for c in CLASSES},
+                labels={c: None if row[col] == "" else binary_value(row[col], path=test_file, line=line, column=col)
+                        for c, col in test_columns.items()},
                 boxes=boxes.get(image, []) if box_files[1].is_file() else None))
         return Scan(records=records, classes=list(CLASSES),
                     label_files=[train_file, test_file, *(p for p in box_files if p.is_file())])
@@ -143,7 +150,8 @@ class VinDrCxr(Source):
             synth.write_dicom(root / split / f"{image}.dicom", pixels, uid_seed=image,
                               bits=int(rng.choice([12, 14])), monochrome1=i % 3 == 1)
         synth.write_csv(root / "annotations" / "image_labels_train.csv", ["image_id", "rad_id", *CLASSES], train_rows)
-        synth.write_csv(root / "annotations" / "image_labels_test.csv", ["image_id", *CLASSES], test_rows)
+        synth.write_csv(root / "annotations" / "image_labels_test.csv",
+                        ["image_id", *(TEST_SPELLING.get(c, c) for c in CLASSES)], test_rows)
         for split, rows in box_rows.items():
             synth.write_csv(root / "annotations" / f"annotations_{split}.csv",
                             ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"], rows)
