@@ -134,8 +134,7 @@ def convert(data: bytes, *, name: str, options: EncodeOptions) -> tuple[bytes, t
 
 def convert_sample(data: bytes, *, name: str, options: EncodeOptions, phash: bool = True):
     """Original bytes -> (stored image bytes, original (w, h), stored (w, h), perceptual hash of
-    the stored image as 16 hex digits, or None with phash=False). The hash is imagehash's DCT
-    phash (64 bits): images that differ by re-encoding or resizing stay a few bits apart."""
+    the stored image as 64 hex digits, or None with phash=False; see `image_hash`)."""
     img = decode_original(data, name=name, draft_to=options.max_side)
     original = _original_size(data, name, img)
     size = target_size(*img.size, options.max_side)
@@ -150,11 +149,17 @@ def convert_sample(data: bytes, *, name: str, options: EncodeOptions, phash: boo
     return buf.getvalue(), original, size, digest
 
 
+PHASH_SIZE = 16  # imagehash's DCT phash of 16 x 16 = 256 bits
+
+
 def image_hash(img: Image.Image):
-    """imagehash's 64-bit perceptual hash of a grayscale image (`str()` gives 16 hex digits)."""
+    """imagehash's 256-bit DCT perceptual hash of a grayscale image (`str()`: 64 hex digits).
+    256 bits, not the default 64: chest X-rays share their coarse layout, and on the look-alikes
+    64 bits put unrelated images as close as 6 bits apart while a copy resized to 2/3 and saved
+    as JPEG q80 moved up to 4; at 256 bits those are at least 56 and at most 18 apart."""
     import imagehash
 
-    return imagehash.phash(img)
+    return imagehash.phash(img, hash_size=PHASH_SIZE)
 
 
 def _original_size(data: bytes, name: str, decoded: Image.Image) -> tuple[int, int]:
