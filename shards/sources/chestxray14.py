@@ -3,8 +3,9 @@ trailing-comma column), `train_val_list.txt`, `test_list.txt`, images under `ima
 
 Boxes, when `BBox_List_2017.csv` lies beside the entry file: 984 boxes on 880 images, 8 findings,
 one row per box. Its header, as shipped, is `Image Index,Finding Label,Bbox [x,y,w,h],,,`: the
-bracket's commas split `Bbox [x,y,w,h]` over four columns (`Bbox [x`, `y`, `w`, `h]`) and every
-line ends in three empty fields. Boxes are `x,y,w,h` in the 1024 px original; their labels stay as
+bracket's commas split `Bbox [x,y,w,h]` over four columns (`Bbox [x`, `y`, `w`, `h]`) and three
+empty names follow, while the rows have six fields (an Excel re-save drops the `,,,`: read the
+same). Boxes are `x,y,w,h` in the 1024 px original; their labels stay as
 the file spells them, `Infiltrate` where the entry file says `Infiltration`."""
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class ChestXray14(Source):
                 if label in BOX_CLASSES and boxes_rng.uniform() < 0.5:
                     x, y = boxes_rng.uniform(0, 0.7, size=2) * (w, h)
                     bw, bh = boxes_rng.uniform(0.05, 0.3, size=2) * (w, h)
-                    box_rows.append([name, label, *(float(v) for v in (x, y, bw, bh)), "", "", ""])
+                    box_rows.append([name, label, *(float(v) for v in (x, y, bw, bh))])
         # The header's bracket is unquoted (9 fields), so it is written as text, not through csv.
         (root / BOX_FILE).write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n" + "".join(
             ",".join(str(v) for v in row) + "\n" for row in box_rows))
