@@ -34,9 +34,10 @@ def run_shards(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    """Every source, 16 images each, at 1/8 of real size (read-only: copy before changing)."""
+    """The six sources of `SOURCES`, 16 images each, at 1/8 of real size (read-only: copy before
+    changing). Every other source's tests make its own look-alike."""
     root = tmp_path_factory.mktemp("raw")
-    synthesize_all(root, num_images=16, seed=0, scale=0.125)
+    synthesize_all(root, num_images=16, seed=0, scale=0.125, sources=SOURCES)
     return root
 
 
