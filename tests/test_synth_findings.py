@@ -28,9 +28,9 @@ CANVAS, INPUT = 72, 64  # the demo's data.views.load_size and image_size
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Every source, 160 images each, built as the demo builds them (96-pixel JPEGs)."""
+    """The six sources, 160 images each, built as the demo builds them (96-pixel JPEGs)."""
     raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("store")
-    synthesize_all(raw, num_images=160, seed=3, scale=0.08)
+    synthesize_all(raw, num_images=160, seed=3, scale=0.08, sources=SOURCES)
     for source in SOURCES:
         code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
                                   "--workers", "1", "--max-side", "96", "--samples-per-shard", "64")
