@@ -102,6 +102,28 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_overlap(args) -> int:
+    from shards import overlap
+    from shards.store import Store
+
+    if args.max_distance < 0:
+        raise ShardsError("--max-distance must not be negative")
+    samples = overlap.collect(Store(args.store, endpoint_url=args.endpoint_url), args.datasets, workers=args.workers)
+    found = overlap.matches(samples, max_distance=args.max_distance)
+    excluded = overlap.exclusions(found)
+    out = Store(args.out, endpoint_url=args.endpoint_url)
+    table = overlap.table(found)
+    out.write_bytes("overlap.md", (table + "\n").encode())
+    out.write_bytes("pairs.csv", overlap.pairs_csv(found).encode())
+    out.write_bytes("exclude.txt", "".join(key + "\n" for key in excluded).encode())
+    print(table)
+    print(f"{len(found)} matching pairs among {len(samples)} samples; {len(excluded)} train samples to exclude "
+          f"(data.exclude={out.describe('exclude.txt')})")
+    for name in ("overlap.md", "pairs.csv", "exclude.txt"):
+        print(f"wrote {out.describe(name)}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from shards.sources import get_source
     from shards.synth import synthesize_all
@@ -159,6 +181,16 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--store", required=True)
     ls.add_argument("--endpoint-url")
     ls.set_defaults(func=cmd_ls)
+
+    o = sub.add_parser("overlap", help="samples shared between datasets and splits (by origin and perceptual hash)")
+    o.add_argument("--store", required=True)
+    o.add_argument("--datasets", nargs="*", help="only these datasets (default: all)")
+    o.add_argument("--max-distance", type=int, default=32,
+                   help="largest Hamming distance of two 256-bit hashes that match (default 32)")
+    o.add_argument("--out", default="overlap", help="folder (or s3:// prefix) for overlap.md, pairs.csv, exclude.txt")
+    o.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    o.add_argument("--endpoint-url")
+    o.set_defaults(func=cmd_overlap)
 
     s = sub.add_parser("synth", help="write small look-alike raw datasets in every source's native layout")
     s.add_argument("--out", required=True)

@@ -140,12 +140,14 @@ def convert_sample(data: bytes, *, name: str, options: EncodeOptions, phash: boo
     size = target_size(*img.size, options.max_side)
     if size != img.size:
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    digest = str(image_hash(img)) if phash else None
     buf = io.BytesIO()
     if options.format == "jpeg":
         img.save(buf, "JPEG", quality=options.quality, optimize=False, progressive=False)
     else:
         img.save(buf, "PNG", compress_level=6)
+    # The hash of what is stored (decoded again: JPEG moves a few bits), so that one computed later
+    # from a shard, for a store built before hashes, is the same.
+    digest = str(image_hash(decode_stored(buf.getvalue()))) if phash else None
     return buf.getvalue(), original, size, digest
 
 
