@@ -365,3 +365,40 @@ def test_canvas_warnings_name_each_dataset_stored_smaller_than_the_canvas(data_s
     lines = canvas_warnings(entries, load_size=97)
     assert len(lines) == 3 and all("data.views.load_size=97" in line and "96" in line for line in lines)
     assert [n for n in EPOCH_SETS if any(n in line for line in lines)] == EPOCH_SETS
+
+
+def test_excluded_samples_are_never_read_and_rounds_keep_their_steps(data_store, tmp_path):
+    """`data.exclude` (the file `shards overlap` writes): the listed samples appear in no training
+    batch and no evaluation, every rank still yields the round's steps, and evaluation counts the rest."""
+    plain = _config(data_store)
+    entry = _entry(plain, "chexpert")
+    samples = read_store_samples(data_store, "chexpert")
+    train = sorted(k for k, f in samples.items() if f["_split"] == "train")
+    test = sorted(k for k, f in samples.items() if f["_split"] == "test")
+    dropped = train[::3] + test[:2]
+    (tmp_path / "exclude.txt").write_text("".join(f"chexpert/{k}\n" for k in dropped) + "mimic_cxr/other\n")
+    config = _config(data_store, exclude=str(tmp_path / "exclude.txt"))
+    world, global_batch = 2, 4
+    steps = round_steps(entry, global_batch=global_batch, max_steps=None)
+    seen = []
+    for rank in range(world):
+        batches = list(train_loader(entry=entry, config=config, seed=1, cursor=Cursor(), rank=rank, world=world,
+                                    global_batch=global_batch))
+        assert len(batches) == steps
+        seen += [i for b in batches for i in b["ids"]]
+    assert seen and not set(seen) & set(dropped)
+    evaluated = []
+    for rank in range(world):
+        for b in EvalLoader(entry=entry, config=config, split="test", seed=0, rank=rank, world=world, batch_size=2):
+            evaluated += [i for i, ok in zip(b["ids"], b["valid"].tolist()) if ok]
+    assert sorted(evaluated) == sorted(set(test) - set(dropped))
+
+
+def test_an_unreadable_or_malformed_exclude_file_is_one_line(data_store, tmp_path):
+    from ark_dist.data.stream import excluded
+
+    with pytest.raises(ValueError, match=r"data.exclude=.*missing.txt.*cannot read it"):
+        excluded(str(tmp_path / "missing.txt"))
+    (tmp_path / "bad.txt").write_text("chexpert-without-a-slash\n")
+    with pytest.raises(ValueError, match="is not a <dataset>/<id> key"):
+        excluded(str(tmp_path / "bad.txt"))

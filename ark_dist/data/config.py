@@ -105,6 +105,10 @@ class DataConfig:
     max_steps_per_round: int | None = None  # cap on a round's steps (huge datasets don't drown small ones)
     bad_sample_fraction: float = 0.01  # bad samples (undecodable, or in a bad shard) tolerated per loader stream ...
     bad_sample_min: int = 10  # ... but always at least this many
+    # Samples no stream reads, training or evaluation: a file (local or s3://) of `<dataset>/<id>`
+    # keys, one per line, e.g. the exclude.txt of `python -m shards overlap`. A round still has its
+    # steps: a range short of samples reads on into the next, as after bad samples.
+    exclude: str | None = None  # file of <dataset>/<id> keys left out of every stream (shards overlap writes one)
 
     def validate(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):

@@ -238,6 +238,16 @@ def shuffle(samples: Iterable[dict], size: int, rng: np.random.Generator, *, ini
     yield from buffer
 
 
+def exclude(samples: Iterable[dict], keys: frozenset[str]) -> Iterator[dict]:
+    """Leave out the samples whose key (`<dataset>/<id>`) is in `keys`, undecoded."""
+    if not keys:
+        yield from samples
+        return
+    for sample in samples:
+        if sample["key"] not in keys:
+            yield sample
+
+
 def share(samples: Iterable[dict], count: int, size: int, rng: np.random.Generator) -> Iterator[dict]:
     """The first `count` samples (a stream's range of the round) shuffled in a buffer of up to
     `size`, none read beyond them; then the samples that follow, in order. Those are reached only

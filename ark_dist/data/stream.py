@@ -10,10 +10,15 @@ trains on every sample at most once and on all but fewer than one global batch o
 Evaluation: sample g (in manifest shard order) belongs to rank g % world; each rank's loader
 processes split the shards. Every sample is seen once across ranks, and every rank yields the
 same number of batches: short ranks pad with batches whose `valid` mask is all False.
+
+`data.exclude` leaves samples out of every stream before anything else sees them (so a resumed
+stream skips what the uninterrupted one read): evaluation has fewer samples, and a training range
+left short reads on into the samples after it, as after bad samples.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import zlib
@@ -27,6 +32,7 @@ from ark_dist.data import plan, stages
 from ark_dist.data.config import DataConfig
 from ark_dist.data.labels import LabelPolicy
 from ark_dist.data.remote import Store
+from ark_dist.fs import filesystem
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,23 @@ def _served(*, step: int, num_batches: int, worker: int, workers: int, before: i
     slot = (worker + step - before) % workers
     done = len(range(slot, step, workers))
     return slot, done, len(range(slot, num_batches, workers)) - done
+
+
+@functools.lru_cache(maxsize=4)
+def excluded(url: str | None) -> frozenset[str]:
+    """The `<dataset>/<id>` keys of `data.exclude` (read once per process), or none."""
+    if not url:
+        return frozenset()
+    fs, path = filesystem(url)
+    try:
+        text = fs.cat_file(path).decode()
+    except Exception as exc:  # noqa: BLE001 - any client error is one line that names the file
+        raise ValueError(f"data.exclude={url!r}: cannot read it ({type(exc).__name__}: {exc})") from exc
+    keys = frozenset(line.strip() for line in text.splitlines() if line.strip())
+    bad = next((k for k in keys if k.count("/") != 1), None)
+    if bad is not None:
+        raise ValueError(f"data.exclude={url!r}: {bad!r} is not a <dataset>/<id> key")
+    return keys
 
 
 def _counters(entry: dict, config: DataConfig) -> stages.Counters:
@@ -134,6 +157,7 @@ def _resampled(entry: dict, config: DataConfig, *, store: Store, counters: stage
                shard_rng: np.random.Generator, shuffle_rng: np.random.Generator):
     """Endless raw samples of shards drawn with replacement, shuffled across shards."""
     stream = stages.tar_samples(stages.resampled(entry["splits"]["train"]["shards"], shard_rng), store, counters)
+    stream = stages.exclude(stream, excluded(config.exclude))
     # A buffer larger than the split would only re-read the same shards before the first batch.
     buffer = min(config.shuffle_buffer, entry["splits"]["train"]["num_samples"])
     return stages.shuffle(stream, buffer, shuffle_rng)
@@ -145,6 +169,7 @@ def _epoch(order: list[dict], config: DataConfig, *, share: tuple[int, int], sto
     it short) the samples after it."""
     first, count = share
     stream = stages.tar_samples(stages.sequence(order, first), store, counters)  # the pass, from the range's start
+    stream = stages.exclude(stream, excluded(config.exclude))
     return stages.share(stream, count, config.shuffle_buffer, shuffle_rng)  # the range shuffled, nothing read past it
 
 
@@ -248,9 +273,10 @@ class EvalStream(IterableDataset):
         self.rank, self.world, self.batch_size = rank, world, batch_size
 
     def _mine(self, pairs, store, counters):
+        keys = excluded(self.config.exclude)
         for shard, offset in pairs:
             for sample in stages.tar_samples([shard], store, counters):
-                if (offset + sample["position"]) % self.world == self.rank:
+                if (offset + sample["position"]) % self.world == self.rank and sample["key"] not in keys:
                     yield sample
 
     def __iter__(self):

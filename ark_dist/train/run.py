@@ -43,6 +43,12 @@ def preflight(cfg: Config) -> None:
         metric_classes(entry, cfg.data)  # a headline class the manifest lacks
     for line in canvas_warnings(entries, load_size=cfg.data.views.load_size):
         log.warning(line)
+    if cfg.data.exclude:
+        from ark_dist.data.stream import excluded
+
+        keys = [k for k in excluded(cfg.data.exclude) if k.split("/")[0] in cfg.data.datasets]
+        log.warning("data.exclude=%s: %d samples of this run's datasets are left out of training and evaluation",
+                    cfg.data.exclude, len(keys))
     check_model(cfg)
 
 
