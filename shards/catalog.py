@@ -32,15 +32,16 @@ def load(source: Source, root: Path, *, seed: int = 0, holdout: dict[str, float]
 
 
 def class_counts(scan: Scan, split: str) -> dict[str, dict[str, int]]:
-    """Raw label facts per class for one split. For multi-reader images a class counts as positive
-    or negative when every reader agrees, and as uncertain when they disagree."""
+    """Raw label facts per class for one split: the adjudicated labels where the file has them; for
+    images with readers' votes only, a class counts as positive or negative when every reader
+    agrees, and as uncertain when they disagree."""
     counts = {c: {"positive": 0, "negative": 0, "uncertain": 0, "missing": 0} for c in scan.classes}
     names = {1: "positive", 0: "negative", -1: "uncertain", None: "missing"}
     for record in scan.records:
         if record.split != split:
             continue
         for c in scan.classes:
-            if record.readers is not None:
+            if record.labels is None and record.readers is not None:
                 votes = {v[c] for v in record.readers.values()}
                 value = votes.pop() if len(votes) == 1 else -1
             else:

@@ -136,6 +136,28 @@ def test_reader_votes_all_negative():
         np.testing.assert_array_equal(m, np.ones(6, dtype=np.float32))
 
 
+@pytest.mark.parametrize("votes, any_, majority", [
+    ((1, -1, 0), 1, -1),   # one 1: any -> 1; 1 + hedge is a majority of doubt -> uncertain
+    ((-1, 0, 0), -1, 0),   # only a hedge: any -> uncertain; majority -> 0
+    ((-1, -1, 1), 1, -1),  # one 1 of three: not a majority, but with the hedges more than half
+    ((1, 1, -1), 1, 1),
+])
+def test_a_hedged_vote_is_neither_yes_nor_no(votes, any_, majority):
+    """Google's expert readers may HEDGE (-1): it must not count as a 1 (Python's any() would)."""
+    facts = {"id": "g1", "labels": None, "readers": {f"R{k}": {"Pneumothorax": v} for k, v in enumerate(votes)}}
+    for rule, want in (("any", any_), ("majority", majority)):
+        t, m = make(labels=["Pneumothorax"], readers=rule, uncertain="masked")(facts)
+        assert (t[0], m[0]) == ((1.0, 1.0) if want == 1 else (0.0, 0.0) if want == -1 else (0.0, 1.0)), (rule, votes)
+
+
+def test_adjudicated_labels_win_over_readers_votes():
+    """nih_google carries both the adjudicated label and every reader's vote: training uses the former."""
+    facts = {"id": "g2", "labels": {"Fracture": 0, "Pneumothorax": 1},
+             "readers": {"R1": {"Fracture": 1, "Pneumothorax": 0}, "R2": {"Fracture": 1, "Pneumothorax": 0}}}
+    t, m = make(labels=["Fracture", "Pneumothorax"], readers="any")(facts)
+    np.testing.assert_array_equal(t, np.array([0, 1], dtype=np.float32))
+
+
 def test_consensus_row_uses_labels_not_readers():
     # VinDr's test split: one consensus row in "labels", no readers.
     facts = {"id": "vin3", "labels": {c: int(c in ("Tuberculosis", "COPD", "No finding")) for c in VINDR_CLASSES}}

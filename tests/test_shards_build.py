@@ -166,7 +166,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, raw_copy, tmp_path
         (root / "train.csv").write_text("\n".join(lines) + "\n")
         want = f"{root / 'train.csv'}:3: column 'Support Devices' has 'yes'"
     elif case == "unknown source":
-        source, want = "padchest", "unknown source 'padchest' (known: chestxray14"
+        source, want = "no_such_set", "unknown source 'no_such_set' (known: candid_ptx, chestx_det, chestxray14"
     elif case == "missing root":
         root, want = tmp_path / "nowhere", "root folder not found"
     out = tmp_path / "out"

@@ -27,13 +27,17 @@ class LabelPolicy:
         return low + (high - low) * unit
 
     def _fact(self, facts: dict, name: str):
-        readers = facts.get("readers")
-        if readers:
-            votes = [v[name] for v in readers.values()]
-            if self.policy.readers == "any":
-                return int(any(votes))
-            return int(sum(votes) * 2 > len(votes))
-        return facts["labels"].get(name)
+        """The adjudicated label where the file gives one (nih_google has both); else the readers'
+        votes, by `policy.readers`. A vote of -1 (a reader who hedged) is neither: `any` is 1 on a
+        1, else -1 on a -1; `majority` is 1 when more than half say 1, else -1 when the 1s and -1s
+        together are more than half."""
+        if facts.get("labels") is not None or not facts.get("readers"):
+            return facts["labels"].get(name)
+        votes = [v[name] for v in facts["readers"].values()]
+        ones, hedged = votes.count(1), votes.count(-1)
+        if self.policy.readers == "any":
+            return 1 if ones else -1 if hedged else 0
+        return 1 if ones * 2 > len(votes) else -1 if (ones + hedged) * 2 > len(votes) else 0
 
     def __call__(self, facts: dict) -> tuple[np.ndarray, np.ndarray]:
         """-> (target, mask), each float32 of shape (num_labels,). Multi-class heads get a one-hot

@@ -51,7 +51,7 @@ def _read_boxes(path: Path) -> dict[str, list[dict]]:
     return boxes
 
 
-def _index_images(root: Path) -> dict[str, str]:
+def index_images(root: Path) -> dict[str, str]:
     """basename -> path relative to root, for every PNG under the `images*` folders."""
     found = {}
     for top in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("images")):
@@ -75,7 +75,7 @@ class ChestXray14(Source):
         trainval_file = find(root, "train_val_list.txt", what="chestxray14 split file train_val_list.txt")
         _, rows = read_rows(entry, required=["Image Index", "Finding Labels", "Patient ID", "View Position"])
         test = _read_list(test_file)
-        images = _index_images(root)
+        images = index_images(root)
         box_file = entry.parent / BOX_FILE
         boxes = _read_boxes(box_file) if box_file.is_file() else {}
         records = []
