@@ -145,3 +145,37 @@ def test_stored_hash_survives_what_a_copy_does():
     a.resize((154, 154), Image.LANCZOS).save(buf, "JPEG", quality=75)
     copy = Image.open(io.BytesIO(buf.getvalue()))
     assert image_hash(a) - image_hash(copy) <= overlap.DEFAULT_DISTANCE < image_hash(a) - image_hash(b)
+
+
+@pytest.mark.slow
+def test_a_chestx_det_made_of_nih_images_is_found_by_origin_and_hash(synth_root, tmp_path):
+    """A ChestX-Det look-alike whose pictures are NIH look-alike images (as the real one's are):
+    each mapped image matches its NIH image by origin and by hash, the two the map lacks by hash
+    alone, and nothing else matches."""
+    from shards.synth import synthesize_all
+
+    root = synthesize_all(tmp_path / "raw", num_images=12, seed=0, scale=0.125, sources=["chestx_det"])["chestx_det"]
+    nih = sorted((synth_root / "chestxray14").glob("images_*/images/*.png"))
+    entries = [(split, entry["file_name"]) for split in ("train", "test")
+               for entry in json.loads((root / f"ChestX_Det_{split}.json").read_text())]
+    assert len(entries) <= len(nih)
+    mapping, copies = {}, {}
+    for k, ((split, name), source) in enumerate(zip(entries, nih)):
+        (root / split / name).write_bytes(source.read_bytes())  # the same picture, as NIH's
+        copies[name.removesuffix(".png")] = source.stem
+        if k % 6 != 5:  # the map lacks a few (the images ChestX-Det added)
+            mapping[name] = source.name
+    (root / "mapping.json").write_text(json.dumps(mapping))
+    store = tmp_path / "store"
+    for source, raw in (("chestxray14", synth_root / "chestxray14"), ("chestx_det", root)):
+        code, _, err = run_shards("build", "--source", source, "--root", raw, "--out", store, "--quiet",
+                                  "--workers", "1")
+        assert code == 0, err
+    code, _, err = run_shards("overlap", "--store", store, "--out", tmp_path / "report")
+    assert code == 0, err
+    with open(tmp_path / "report" / "pairs.csv", newline="") as f:
+        pairs = {(p["id_a"], p["id_b"]): p for p in csv.DictReader(f)}  # chestx_det sorts first
+    assert set(pairs) == set(copies.items())
+    mapped = {name.removesuffix(".png") for name in mapping}
+    for (det, _), p in pairs.items():
+        assert p["origin"] == str(int(det in mapped)) and p["hash_distance"] == "0", p
