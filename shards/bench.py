@@ -1,9 +1,10 @@
 """`python launch.py bench shards`: what converting costs and what it saves.
 
-On synthetic full-size originals of four kinds it measures, side by side: decoding an original
-(one core, full decode to 8-bit gray, no JPEG draft), converting it the build's way (read + decode
-+ resize + encode, `shards.build._convert_one`) on 1..n worker processes, and decoding the stored
-result. The stored/original decode ratio is the point of the shards (target: at least 10x). Last,
+On synthetic full-size originals of seven kinds (PNG 8/16-bit, JPEG, DICOM, NODE21's MetaImage,
+PadChest's 16-bit PNG, a SIIM-ACR DICOM with its RLE mask) it measures, side by side: decoding an
+original (one core, full decode to 8-bit gray, no JPEG draft), converting it the build's way
+(read + decode + resize + encode + hash [+ masks], `shards.build._convert_one`) on 1..n worker
+processes, and decoding the stored result. The stored/original decode ratio is the point of the shards (target: at least 10x). Last,
 an end-to-end `shards build` of a synthetic ChestX-ray14 per worker count.
 """
 
@@ -39,7 +40,28 @@ KINDS = {
     "png8_1024": (".png", (1024, 1024), lambda p, px, s: synth.write_png8(p, px)),
     "jpeg_2544x3056": (".jpg", (2544, 3056), lambda p, px, s: synth.write_jpeg(p, px)),
     "dicom16_2500x3000": (".dcm", (2500, 3000), lambda p, px, s: synth.write_dicom(p, px, uid_seed=s, bits=12)),
+    # NODE21's MetaImage (zlib-compressed 16-bit), PadChest's full-range 16-bit PNG, and SIIM-ACR's
+    # 1024 px 8-bit DICOM with its pneumothorax mask rasterised from an RLE and stored beside it.
+    "mha16_1024": (".mha", (1024, 1024), lambda p, px, s: synth.write_mha(p, px, bits=16)),
+    "png16_padchest_2500x2800": (".png", (2500, 2800), lambda p, px, s: synth.write_png16(p, px, bits=16)),
+    "dicom8_mask_1024": (".dcm", (1024, 1024), lambda p, px, s: synth.write_dicom(p, px, uid_seed=s, bits=8)),
 }
+MASKED = {"dicom8_mask_1024"}  # kinds converted with a mask, as a SIIM-ACR sample is
+
+
+def mask_tasks(kind: str, size: tuple[int, int]) -> list[tuple[int, str, dict]]:
+    """The build's mask tasks for one image of `kind`: a disc as a relative column-major RLE."""
+    if kind not in MASKED:
+        return []
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = ((xx - width * 0.6) ** 2 + (yy - height * 0.4) ** 2) < (0.12 * width) ** 2
+    flat = np.concatenate([[0], disc.T.reshape(-1).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flat))
+    starts, ends = edges[0::2], edges[1::2]
+    gaps = starts - np.concatenate([[0], ends[:-1]])
+    code = " ".join(f"{g} {n}" for g, n in zip(gaps, ends - starts))
+    return [(0, "Pneumothorax", {"rle": [code], "encoding": "relative"})]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,10 +122,12 @@ def median_rate(func, items: list, *, repeats: int) -> float:
     return rate(len(items), statistics.median(passes))
 
 
-def convert_rate(paths: list[Path], *, options: EncodeOptions, workers: int) -> tuple[float, list[bytes]]:
-    """Images/s of the build's per-image worker (`_convert_one`: read, decode, resize, encode) on
-    `workers` processes, pool started and warmed before the clock; also the stored bytes."""
-    tasks = [(str(p), options) for p in paths]
+def convert_rate(paths: list[Path], *, options: EncodeOptions, workers: int,
+                 masks: list | None = None) -> tuple[float, list[bytes]]:
+    """Images/s of the build's per-image worker (`_convert_one`: read, decode, resize, encode,
+    perceptual hash, and any masks rasterised and encoded) on `workers` processes, pool started
+    and warmed before the clock; also the stored bytes."""
+    tasks = [(str(p), options, masks or [], str(p.parent)) for p in paths]
     if workers <= 1:
         _convert_one(tasks[0])
         start = time.perf_counter()
@@ -122,14 +146,15 @@ def convert_rate(paths: list[Path], *, options: EncodeOptions, workers: int) -> 
     return rate(len(tasks), elapsed), [r[1] for r in results]
 
 
-def bench_kind(paths: list[Path], *, options: EncodeOptions, workers: list[int], repeats: int) -> dict:
+def bench_kind(paths: list[Path], *, options: EncodeOptions, workers: list[int], repeats: int,
+               masks: list | None = None) -> dict:
     """Original decode, conversion per worker count, stored decode, and their ratio for one kind."""
     originals = [(p.read_bytes(), p.name) for p in paths]
     original_rate = median_rate(lambda item: decode_original(item[0], name=item[1], draft_to=None),
                                 originals, repeats=repeats)
     convert, stored = {}, []
     for w in workers:
-        ips, outputs = convert_rate(paths, options=options, workers=w)
+        ips, outputs = convert_rate(paths, options=options, workers=w, masks=masks)
         stored = stored or outputs
         convert[w] = {"images_per_s": ips, "images_per_s_per_worker": ips / w}
     stored_rate = median_rate(decode_stored, stored, repeats=repeats)
@@ -183,18 +208,18 @@ def _scaling(value: float | None) -> str:
 
 def print_report(report: dict) -> None:
     """The figures as three readable tables."""
-    print(f"\n{'kind':20s} {'orig MiB':>8s} {'orig dec/s':>10s} {'stored KiB':>10s} {'stored dec/s':>12s} "
+    print(f"\n{'kind':24s} {'orig MiB':>8s} {'orig dec/s':>10s} {'stored KiB':>10s} {'stored dec/s':>12s} "
           f"{'ratio':>8s}  vs {TARGET_RATIO:.0f}x")
     for kind, k in report["kinds"].items():
         verdict = "ok" if k["meets_target"] else f"BELOW {TARGET_RATIO:.0f}x"
-        print(f"{kind:20s} {k['original_mib_per_image']:8.2f} {k['original_decode_images_per_s']:10.1f} "
+        print(f"{kind:24s} {k['original_mib_per_image']:8.2f} {k['original_decode_images_per_s']:10.1f} "
               f"{k['stored_kib_per_image']:10.1f} {k['stored_decode_images_per_s']:12.1f} "
               f"{k['stored_over_original_decode']:7.1f}x  {verdict}")
-    print(f"\nconversion (read + decode + resize + encode), one pass of {report['options']['num_images']} images")
-    print(f"{'kind':20s} {'workers':>7s} {'img/s':>9s} {'img/s/worker':>12s} {'scaling':>8s}")
+    print(f"\nconversion (read + decode + resize + encode + hash [+ mask]), one pass of {report['options']['num_images']} images")
+    print(f"{'kind':24s} {'workers':>7s} {'img/s':>9s} {'img/s/worker':>12s} {'scaling':>8s}")
     for kind, k in report["kinds"].items():
         for w, c in k["convert"].items():
-            print(f"{kind:20s} {w:7d} {c['images_per_s']:9.1f} {c['images_per_s_per_worker']:12.1f} "
+            print(f"{kind:24s} {w:7d} {c['images_per_s']:9.1f} {c['images_per_s_per_worker']:12.1f} "
                   f"{_scaling(c['scaling'])}")
     print("\nend-to-end `shards build` of synthetic chestxray14 (1024 px 8-bit PNG)")
     print(f"{'workers':>7s} {'images':>7s} {'seconds':>8s} {'img/s':>9s} {'img/s/worker':>12s} {'scaling':>8s}")
@@ -227,7 +252,8 @@ def run_bench(args: argparse.Namespace) -> int:
         originals = make_originals(folder, num_images=args.num_images)
         print(f"originals in {folder} ({min(DISTINCT, args.num_images)} distinct per kind, the rest copies), "
               f"ready in {time.perf_counter() - started:.1f} s")
-        kinds = {kind: bench_kind(paths, options=encode, workers=args.workers, repeats=args.repeats)
+        kinds = {kind: bench_kind(paths, options=encode, workers=args.workers, repeats=args.repeats,
+                                  masks=mask_tasks(kind, KINDS[kind][1]))
                  for kind, paths in originals.items()}
         built = bench_build(Path(tmp), num_images=args.build_images or args.num_images, encode=encode,
                             workers=args.workers)
