@@ -41,6 +41,13 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+def look_alike(tmp_path_factory, source: str) -> Path:
+    """One source's look-alike, 16 images at 1/8 scale, in a folder of its own (read-only: copy
+    before changing), for the tests of a source outside `SOURCES`."""
+    out = tmp_path_factory.mktemp(f"raw-{source}")
+    return synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=[source])[source]
+
+
 @pytest.fixture
 def raw_copy(synth_root, tmp_path):
     """A writable copy of one source's raw folder."""

@@ -108,3 +108,31 @@ def assert_boxes(sample: dict, want: list[tuple], key: str) -> None:
                       and max(abs(a - b) for a, b in zip(g[1], box)) <= 1), None)
         assert match is not None, (key, label, box, reader, got)
         got.remove(match)
+
+
+def rle_pixels(codes) -> int:
+    """Pixels of a set of Kaggle RLE rows: the sum of their run lengths (`-1` rows have none)."""
+    return sum(int(n) for code in codes if code != "-1" for n in code.split()[1::2])
+
+
+def rle_union(codes, width: int, height: int):
+    """The union of RLE rows' masks decoded by Kaggle's own loop, as a (height, width) bool array."""
+    import numpy as np
+
+    from test_shards_masks import reference_rle2mask
+
+    mask = np.zeros((height, width), dtype=bool)
+    for code in codes:
+        if code != "-1":
+            mask |= reference_rle2mask(code, width, height).T > 0
+    return mask
+
+
+def nearest(mask, size):
+    """Nearest-neighbour resize to (width, height) by pixel centres (exact at whole ratios)."""
+    import numpy as np
+
+    (width, height), (h, w) = size, mask.shape
+    rows = ((np.arange(height) + 0.5) * h / height).astype(int)
+    cols = ((np.arange(width) + 0.5) * w / width).astype(int)
+    return mask[rows][:, cols]

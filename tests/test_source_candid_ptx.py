@@ -7,26 +7,25 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 
-from conftest import read_store_samples, run_shards
+import labelfacts
+from conftest import look_alike, read_store_samples, run_shards
 from shards.masks import decode
 from shards.samples import read_tar
 from shards.synth import synthesize_all
-from test_shards_masks import reference_rle2mask
 
 CLASSES = ["Pneumothorax", "Acute Rib Fracture", "Chest Tube"]
 FILES = {"Acute Rib Fracture": "acute_rib_fracture.csv", "Chest Tube": "chest_tube.csv"}
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    """The look-alike, 16 images at 1/8 of 1024 px (read-only: copy before changing)."""
-    return synthesize_all(tmp_path_factory.mktemp("raw"), num_images=16, seed=0, scale=0.125,
-                          sources=["candid_ptx"])["candid_ptx"]
+def raw(tmp_path_factory) -> Path:
+    return look_alike(tmp_path_factory, "candid_ptx")
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +66,6 @@ def positive(codes) -> int:
     return int(any(c != "-1" for c in codes))
 
 
-def pixels(codes) -> int:
-    return sum(int(n) for code in codes if code != "-1" for n in code.split()[1::2])
-
-
-def own_mask(codes, width, height) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    for code in codes:
-        if code != "-1":
-            mask |= reference_rle2mask(code, width, height).T > 0
-    return mask
-
-
-def nearest(mask: np.ndarray, size) -> np.ndarray:
-    """Nearest-neighbour resize to (width, height) by pixel centres (exact for the 2:1 used here)."""
-    (width, height), (h, w) = size, mask.shape
-    rows = ((np.arange(height) + 0.5) * h / height).astype(int)
-    cols = ((np.arange(width) + 0.5) * w / width).astype(int)
-    return mask[rows][:, cols]
-
-
 def test_listed_as_a_source():
     code, out, _ = run_shards("sources")
     assert code == 0 and any(line.split()[0] == "candid_ptx" for line in out.splitlines())
@@ -107,7 +86,7 @@ def test_inspect_counts_equal_the_label_files(raw, store):
         for c in CLASSES:
             pos = sum(positive(f[c]) for f in mine)
             assert got["classes"][c] == {"positive": pos, "negative": len(mine) - pos, "uncertain": 0, "missing": 0}
-            assert got["masks"][c] == {"images": len(mine), "pixels": sum(pixels(f[c]) for f in mine)}, (name, c)
+            assert got["masks"][c] == {"images": len(mine), "pixels": sum(labelfacts.rle_pixels(f[c]) for f in mine)}, (name, c)
     for c in CLASSES:
         assert any(positive(f[c]) for f in want.values()), c
 
@@ -129,7 +108,7 @@ def test_build_and_verify_every_sample_and_mask(raw, store):
         assert got["patient"] == fact["patient"] and sorted(got["masks"]) == sorted(CLASSES)
         assert got["original_size"] == [128, 128] and got["size"] == [64, 64]
         for k, c in enumerate(CLASSES):
-            expected = nearest(own_mask(fact[c], 128, 128), got["size"])
+            expected = labelfacts.nearest(labelfacts.rle_union(fact[c], 128, 128), got["size"])
             assert np.array_equal(decode(parts[sample_id(uid)][f"mask.{k}.png"]), expected), (uid, c)
         assert patients.setdefault(fact["patient"], got["split"]) == got["split"]  # patient-disjoint
     assert len(patients) < len(want)  # some patients have several images

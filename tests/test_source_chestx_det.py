@@ -16,9 +16,8 @@ from matplotlib.path import Path as Polygon
 from PIL import Image, ImageDraw
 
 import labelfacts
-from conftest import run_shards
+from conftest import look_alike, run_shards
 from shards.samples import read_tar
-from shards.synth import synthesize_all
 
 # ChestX-Det's README, in its order.
 CLASSES = ["Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Diffuse Nodule", "Effusion",
@@ -27,9 +26,7 @@ CLASSES = ["Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Dif
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    """The look-alike, 16 images at 1/8 scale (read-only: copy before changing)."""
-    out = tmp_path_factory.mktemp("raw")
-    return synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["chestx_det"])["chestx_det"]
+    return look_alike(tmp_path_factory, "chestx_det")
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_store_samples, run_shards
+from conftest import look_alike, read_store_samples, run_shards
 from shards.samples import read_tar
-from shards.synth import synthesize_all
 
 SET = "MontgomerySet"
 MASK_FOLDERS = {"Left lung": "leftMask", "Right lung": "rightMask"}
@@ -23,10 +22,7 @@ MASK_FOLDERS = {"Left lung": "leftMask", "Right lung": "rightMask"}
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    """The look-alike, 16 images at 1/8 size (read-only: copy before changing)."""
-    out = tmp_path_factory.mktemp("raw")
-    synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["montgomery"])
-    return out / "montgomery"
+    return look_alike(tmp_path_factory, "montgomery")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_store_samples, run_shards
-from shards.synth import synthesize_all
+from conftest import look_alike, read_store_samples, run_shards
 
 PREFIX = "four_findings_expert_labels"
 CLASSES = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
@@ -22,9 +21,7 @@ VOTES = {"YES": 1, "NO": 0, "HEDGE": -1}
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    """The look-alike, 16 images at 1/8 scale (read-only: copy before changing)."""
-    out = tmp_path_factory.mktemp("raw")
-    return synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["nih_google"])["nih_google"]
+    return look_alike(tmp_path_factory, "nih_google")
 
 
 @pytest.fixture

@@ -14,18 +14,17 @@ import boto3
 import pytest
 
 import labelfacts
-from conftest import read_store_samples, run_shards
+from conftest import look_alike, read_store_samples, run_shards
 from shards.images import decode_stored
 from shards.samples import read_tar
-from shards.synth import synthesize_all
 
 FOLDER = "cxr_images/proccessed_data"
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    out = tmp_path_factory.mktemp("node21_raw")
-    return synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["node21", "tbx11k"])
+def raw(tmp_path_factory) -> dict:
+    """{source: look-alike}: NODE21's, and TBX11K's for the S3 build of both."""
+    return {source: look_alike(tmp_path_factory, source) for source in ("node21", "tbx11k")}
 
 
 def read_truth(root) -> dict:

@@ -14,18 +14,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import read_store_samples, run_shards
-from shards.synth import synthesize_all
+from conftest import look_alike, read_store_samples, run_shards
 
 LABEL_FILE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    """The look-alike, 16 images at 1/8 size (read-only: copy before changing)."""
-    out = tmp_path_factory.mktemp("raw")
-    synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["padchest"])
-    return out / "padchest"
+    return look_alike(tmp_path_factory, "padchest")
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,20 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import read_store_samples, run_shards
+import labelfacts
+from conftest import look_alike, read_store_samples, run_shards
 from shards.masks import decode
 from shards.samples import read_tar
-from shards.synth import synthesize_all
-from test_shards_masks import reference_rle2mask
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    """The look-alike, 16 images at 1/8 of 1024 px (read-only: copy before changing)."""
-    return synthesize_all(tmp_path_factory.mktemp("raw"), num_images=16, seed=0, scale=0.125,
-                          sources=["siim_acr"])["siim_acr"]
+def raw(tmp_path_factory) -> Path:
+    return look_alike(tmp_path_factory, "siim_acr")
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +49,6 @@ def sample_id(image_id: str) -> str:
     return image_id.replace(".", "_")
 
 
-def pixels(codes) -> int:
-    return sum(int(n) for code in codes if code != "-1" for n in code.split()[1::2])
-
-
-def own_mask(codes, width, height) -> np.ndarray:
-    """The union of the rows' masks, decoded by Kaggle's loop, as a (height, width) bool array."""
-    mask = np.zeros((height, width), dtype=bool)
-    for code in codes:
-        if code != "-1":
-            mask |= reference_rle2mask(code, width, height).T > 0
-    return mask
-
-
-def nearest(mask: np.ndarray, size) -> np.ndarray:
-    """Nearest-neighbour resize to (width, height) by pixel centres (exact for the 2:1 used here)."""
-    (width, height), (h, w) = size, mask.shape
-    rows = ((np.arange(height) + 0.5) * h / height).astype(int)
-    cols = ((np.arange(width) + 0.5) * w / width).astype(int)
-    return mask[rows][:, cols]
-
-
 def splits_of(store) -> dict[str, str]:
     text = (store / "siim_acr" / "splits.csv").read_text()
     return {row["id"]: row["split"] for row in csv.DictReader(io.StringIO(text))}
@@ -97,7 +74,7 @@ def test_inspect_counts_equal_the_label_file(raw, store):
         assert got["classes"]["Pneumothorax"] == {"positive": positives, "negative": len(mine) - positives,
                                                   "uncertain": 0, "missing": 0}
         assert got["boxes"] == {}
-        assert got["masks"] == {"Pneumothorax": {"images": len(mine), "pixels": sum(map(pixels, mine.values()))}}
+        assert got["masks"] == {"Pneumothorax": {"images": len(mine), "pixels": sum(map(labelfacts.rle_pixels, mine.values()))}}
 
 
 def test_build_and_verify_every_sample_and_mask(raw, store):
@@ -120,7 +97,7 @@ def test_build_and_verify_every_sample_and_mask(raw, store):
         assert got["patient"] == image and got["masks"] == ["Pneumothorax"]
         assert got["original_size"] == [128, 128] and got["size"] == [64, 64]
         mask = decode(parts[sample_id(image)]["mask.0.png"])
-        expected = nearest(own_mask(codes, 128, 128), got["size"])
+        expected = labelfacts.nearest(labelfacts.rle_union(codes, 128, 128), got["size"])
         assert np.array_equal(mask, expected), image
         positives += bool(expected.any())
     assert 0 < positives < len(want)
@@ -136,7 +113,7 @@ def test_stage_one_file_alone_with_its_leading_space(raw, tmp_path):
     assert code == 0, err
     report = json.loads(out)["splits"]
     assert sum(s["num_images"] for s in report.values()) == len(want) < 16
-    assert sum(s["masks"]["Pneumothorax"]["pixels"] for s in report.values()) == sum(map(pixels, want.values()))
+    assert sum(s["masks"]["Pneumothorax"]["pixels"] for s in report.values()) == sum(map(labelfacts.rle_pixels, want.values()))
     # the stage-1 test images have DICOMs but no rows in train-rle.csv
     assert f"{16 - len(want)} DICOMs under dicom-images-train and dicom-images-test have no row in train-rle.csv" in err
 

@@ -8,13 +8,13 @@ import json
 import re
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 import labelfacts
-from conftest import read_store_samples, run_shards
+from conftest import look_alike, read_store_samples, run_shards
 from shards.images import decode_stored
-from shards.synth import synthesize_all
 
 CLASSES = ["Healthy", "Sick but non-TB", "TB"]
 FOLDERS = {"health": "Healthy", "sick": "Sick but non-TB", "tb": "TB"}
@@ -22,9 +22,8 @@ NATIVE_SPLIT = {"all_train": "train", "all_val": "test"}  # all_test has no publ
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tbx11k_raw")
-    return synthesize_all(out, num_images=16, seed=0, scale=0.125, sources=["tbx11k"])["tbx11k"]
+def raw(tmp_path_factory) -> Path:
+    return look_alike(tmp_path_factory, "tbx11k")
 
 
 def read_truth(root) -> dict:
