@@ -82,3 +82,23 @@ def number(raw: str, *, path: Path, line: int, column: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ShardsError(f"{path}:{line}: column {column!r} has {raw!r}, expected a number")
     return value
+
+
+SEXES = {"M": "M", "Male": "M", "F": "F", "Female": "F", "": None, "Unknown": None, "O": None}
+
+
+def sex_value(raw: str, *, path: Path, line: int, column: str) -> str | None:
+    """A sex cell -> "M" | "F" | None (blank, Unknown, O): the subgroup fact evaluations break AUCs down by."""
+    if raw not in SEXES:
+        raise ShardsError(f"{path}:{line}: column {column!r} has {raw!r}, expected M, F, Male, Female or Unknown")
+    return SEXES[raw]
+
+
+def age_value(raw: str, *, path: Path, line: int, column: str) -> float | None:
+    """An age in years (None when blank), as the file states it (NIH has a few ages over 150: kept)."""
+    if raw == "":
+        return None
+    value = number(raw.rstrip("Y"), path=path, line=line, column=column)
+    if value < 0:
+        raise ShardsError(f"{path}:{line}: column {column!r} has {raw!r}, a negative age")
+    return value

@@ -25,8 +25,9 @@ def chestxray14(root: Path) -> dict:
     classes = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
     name, findings = header.index("Image Index"), header.index("Finding Labels")
-    facts = {r[name][:-4]: {"labels": {c: int(c in r[findings].split("|")) for c in classes}, "boxes": []}
-             for r in rows}
+    sex, age = header.index("Patient Gender"), header.index("Patient Age")
+    facts = {r[name][:-4]: {"labels": {c: int(c in r[findings].split("|")) for c in classes}, "boxes": [],
+                            "sex": r[sex] or None, "age": float(r[age]) if r[age] else None} for r in rows}
     with open(root / "BBox_List_2017.csv", newline="") as f:  # Image Index, Finding Label, x, y, w, h, '', '', ''
         for image, label, x, y, w, h, *_ in list(csv.reader(f))[1:]:
             x, y, w, h = float(x), float(y), float(w), float(h)
@@ -39,9 +40,11 @@ def chexpert(root: Path) -> dict:
     for native in ("train", "valid"):
         for row in _rows(root / f"{native}.csv"):
             parts = row.pop("Path").split("/")
-            for meta in ("Sex", "Age", "Frontal/Lateral", "AP/PA"):
+            sex, age = {"Male": "M", "Female": "F"}.get(row.pop("Sex")), row.pop("Age")
+            for meta in ("Frontal/Lateral", "AP/PA"):
                 row.pop(meta)
-            facts[f"{parts[-3]}_{parts[-2]}_{parts[-1][:-4]}"] = {"labels": {c: _value(v) for c, v in row.items()}}
+            facts[f"{parts[-3]}_{parts[-2]}_{parts[-1][:-4]}"] = {"labels": {c: _value(v) for c, v in row.items()},
+                                                                  "sex": sex, "age": float(age) if age else None}
     return facts
 
 

@@ -47,6 +47,9 @@ def test_shard_facts_equal_label_files(source, store, synth_root):
         assert got.get("readers") == want.get("readers"), key
         if "boxes" in want:
             labelfacts.assert_boxes(got, want["boxes"], key)
+        for fact in ("sex", "age"):  # the subgroup facts, where the file has them
+            if fact in want:
+                assert got[fact] == want[fact], (key, fact)
         image = decode_stored(got["_image"])
         assert image.mode == "L" and max(image.size) <= 512 and list(image.size) == got["size"]
 

@@ -337,9 +337,13 @@ def batched(samples: Iterable[dict], size: int, counters: Counters, *, partial: 
 TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset")
 
 
+SUBGROUPS = ("sex", "age", "view")  # sample facts an evaluation can break its AUC down by, where a dataset has them
+
+
 def collate(chunk: list[dict], counters: Counters) -> dict:
     batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}
     batch["ids"] = [s["facts"]["id"] for s in chunk]
+    batch["subgroups"] = [{k: s["facts"].get(k) for k in SUBGROUPS} for s in chunk]  # for per-group AUCs
     batch["valid"] = torch.ones(len(chunk), dtype=torch.bool)
     batch["stats"] = [counters.snapshot()]  # a list: an interleaved batch has one per dataset
     return batch

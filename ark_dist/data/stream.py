@@ -351,4 +351,4 @@ class EvalLoader:
     def _padding(self) -> dict:
         return {"image": torch.zeros(1, 1, self.load_size, self.load_size, dtype=torch.uint8),
                 "target": torch.zeros(1, self.num_labels), "mask": torch.zeros(1, self.num_labels),
-                "ids": [""], "valid": torch.zeros(1, dtype=torch.bool), "stats": None}
+                "ids": [""], "subgroups": [{}], "valid": torch.zeros(1, dtype=torch.bool), "stats": None}

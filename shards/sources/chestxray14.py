@@ -17,7 +17,7 @@ import numpy as np
 
 from shards import synth
 from shards.errors import ShardsError
-from shards.labelfiles import find, number, read_rows
+from shards.labelfiles import age_value, find, number, read_rows, sex_value
 from shards.samples import Record, sanitize_id
 from shards.sources import Scan, Source
 
@@ -95,6 +95,8 @@ class ChestXray14(Source):
                 frontal=view in ("PA", "AP") if view else None,
                 labels={c: int(c in findings) for c in CLASSES},
                 boxes=boxes.pop(name, []) if box_file.is_file() else None,
+                extra={"sex": sex_value(row.get("Patient Gender", ""), path=entry, line=line, column="Patient Gender"),
+                       "age": age_value(row.get("Patient Age", ""), path=entry, line=line, column="Patient Age")},
             ))
         if boxes:
             raise ShardsError(f"{box_file}: image {next(iter(boxes))} has boxes but no row in {entry.name}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from shards import synth
 from shards.errors import ShardsError
-from shards.labelfiles import chexpert_value, find, read_rows
+from shards.labelfiles import age_value, chexpert_value, find, read_rows, sex_value
 from shards.samples import Record, sanitize_id
 from shards.sources import Scan, Source
 
@@ -54,7 +54,8 @@ class CheXpert(Source):
                     view=(row["AP/PA"] or None) if frontal else "LATERAL",
                     frontal=frontal,
                     labels={c: chexpert_value(row[c], path=path, line=line, column=c) for c in CLASSES},
-                    extra={"source_split": native},
+                    extra={"source_split": native, "sex": sex_value(row["Sex"], path=path, line=line, column="Sex"),
+                           "age": age_value(row["Age"], path=path, line=line, column="Age")},
                 ))
         return Scan(records=records, classes=list(CLASSES), label_files=files)
 
