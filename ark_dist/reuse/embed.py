@@ -1,0 +1,127 @@
+"""`python launch.py embed --checkpoint X --store URL --datasets D ... --out URL`
+
+Distributed batch inference over any datasets and splits of a store: every sample once, one
+deterministic view, on Ray Train workers. Shard j of a (dataset, split) goes to worker j % world,
+and each shard's embeddings become one Parquet file,
+`<out>/<dataset>/<split>/<shard name>.parquet`, written whole or not at all: a re-run skips the
+files already there (resumable by shard).
+
+Columns: `dataset`, `split`, `id`, `target` and `mask` (the dataset's head, by its label policy),
+`sex`, `age`, `view` (null where the dataset does not say), `backbone` (the pooled feature) and
+`projector` (the projector's); the schema metadata `ark_dist` holds {"labels": {dataset: classes},
+"source": the weights}. `launch.py probe` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import posixpath
+
+from ark_dist.fs import filesystem, join, write_atomic
+from ark_dist.reuse import workers
+
+SPLITS = ("train", "val", "test")
+
+
+def part_url(out: str, dataset: str, split: str, shard: dict) -> str:
+    return join(out, dataset, split, posixpath.basename(shard["url"]).removesuffix(".tar") + ".parquet")
+
+
+def table_bytes(result: dict, *, dataset: str, split: str, labels: list[str], source: str) -> bytes:
+    """One shard's `infer` result as Parquet bytes, in the documented columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    groups = result["subgroups"]
+    columns = {
+        "dataset": pa.array([dataset] * len(result["ids"]), pa.string()),
+        "split": pa.array([split] * len(result["ids"]), pa.string()),
+        "id": pa.array(result["ids"], pa.string()),
+        "target": pa.array(list(result["target"]), pa.list_(pa.float32())),
+        "mask": pa.array(list(result["mask"]), pa.list_(pa.float32())),
+        "sex": pa.array([g.get("sex") for g in groups], pa.string()),
+        "age": pa.array([g.get("age") for g in groups], pa.float64()),
+        "view": pa.array([g.get("view") for g in groups], pa.string()),
+        "backbone": pa.array(list(result["backbone"]), pa.list_(pa.float32())),
+        "projector": pa.array(list(result["projector"]), pa.list_(pa.float32())),
+    }
+    meta = {"ark_dist": json.dumps({"labels": {dataset: labels}, "source": source})}
+    table = pa.table(columns).replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def loop(config: dict) -> None:
+    """On every worker: its shards (j % world == rank) of every (dataset, split), those not written yet."""
+    import ray.train
+
+    from ark_dist.configtree import from_dict
+    from ark_dist.data import DataConfig, Store, read_manifest
+    from ark_dist.reuse.infer import infer
+    from ark_dist.reuse.init import load_model
+
+    rank, world = workers.context()
+    data = from_dict(DataConfig, config["data"])
+    model, _ = load_model(config["checkpoint"], log=print if rank == 0 else (lambda *_: None))
+    manifest = read_manifest(Store(data.store))
+    written = skipped = 0
+    for dataset in config["datasets"]:
+        entry = manifest[dataset]
+        for split in [s for s in config["splits"] if s in entry["splits"]]:
+            for j, shard in enumerate(entry["splits"][split]["shards"]):
+                url = part_url(config["out"], dataset, split, shard)
+                fs, path = filesystem(url)
+                if j % world != rank:
+                    continue
+                if fs.exists(path):
+                    skipped += 1
+                    continue
+                one = {**entry, "splits": {split: {"shards": [shard], "num_samples": shard["num_samples"]}}}
+                result = infer(model, one, split, data_config=data, rank=0, world=1, batch_size=config["batch_size"],
+                               device=workers.device(config["use_gpu"]), features=True, view=config["view"])
+                write_atomic(url, table_bytes(result, dataset=dataset, split=split, labels=entry["labels"],
+                                              source=config["checkpoint"]))
+                written += 1
+    ray.train.report({"written": written, "skipped": skipped})
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="launch.py embed", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
+    p.add_argument("--store", default="out/store", help="the shard store (default out/store)")
+    p.add_argument("--datasets", nargs="+", required=True)
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    p.add_argument("--out", default="out/embeddings", help="folder (or s3:// prefix) for the Parquet files")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--load-size", type=int, help="loader canvas (default: the image size / eval crop)")
+    p.add_argument("--view", choices=("centre", "whole"), default="centre")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
+    args = p.parse_args(argv)
+    from ark_dist.data import ShardReadError, Store, StoreConfig, read_manifest
+    from ark_dist.reuse.init import labels_of
+
+    try:
+        if labels_of(args.checkpoint) is None:
+            raise ValueError(f"--checkpoint {args.checkpoint}: embed reads ark-dist checkpoints and exports; "
+                             f"export another file first")
+        manifest = read_manifest(Store(StoreConfig(url=args.store)))
+        unknown = [d for d in args.datasets if d not in manifest]
+        if unknown:
+            raise ValueError(f"--datasets: {unknown[0]!r} is not in {args.store} (has: {', '.join(sorted(manifest))})")
+        load = args.load_size or round(args.image_size * 256 / 224)
+        data = {"store": {"url": args.store}, "datasets": args.datasets, "num_workers": args.loader_workers,
+                "views": {"image_size": args.image_size, "load_size": load}}
+        config = {"checkpoint": args.checkpoint, "data": data, "datasets": args.datasets, "splits": args.splits,
+                  "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out}
+        metrics = workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name="embed")
+    except (ValueError, ShardReadError) as exc:
+        return workers.fail(str(exc))
+    print(f"embeddings of {', '.join(args.datasets)} ({', '.join(args.splits)}) under {args.out}: "
+          f"rank 0 wrote {metrics.get('written', 0)} shards, skipped {metrics.get('skipped', 0)} already there")
+    return 0

@@ -1,0 +1,154 @@
+"""`launch.py zeroshot` and `launch.py embed` on Ray Train workers, against the same model run by hand
+in this process: the zero-shot AUC equals one computed from the heads' sigmoid outputs and the map
+(sklearn), and 2 workers' embeddings equal single-process ones, every sample once, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from conftest import look_alike, run_shards
+from ark_dist.data import DataConfig, EvalLoader, Store, StoreConfig, read_manifest
+from ark_dist.data.config import ViewConfig
+from ark_dist.data.views import render_eval
+from ark_dist.export import exported_tensors, metadata
+from ark_dist.model import ArkModel
+from ark_dist.model.config import ModelConfig
+from ark_dist.reuse import embed, zeroshot
+from ark_dist.reuse.init import load_model
+
+TINY = {"embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4, "img_size": 64}
+SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(synth_root, tmp_path_factory) -> Path:
+    """ChestX-ray14's look-alike and NODE21's (an unseen set for zero-shot)."""
+    out = tmp_path_factory.mktemp("store")
+    for source, root in (("chestxray14", synth_root / "chestxray14"), ("node21", look_alike(tmp_path_factory, "node21"))):
+        code, _, err = run_shards("build", "--source", source, "--root", root, "--out", out, "--quiet", "--workers", "1",
+                                  "--max-side", "96", "--samples-per-shard", "4")
+        assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(store, tmp_path_factory) -> str:
+    """A tiny Swin with ChestX-ray14's, VinDr's and Shenzhen's heads (random weights), exported as
+    `launch.py export` writes it."""
+    from safetensors.torch import save_file
+
+    labels = {"chestxray14": read_manifest(Store(StoreConfig(url=str(store))))["chestxray14"]["labels"],
+              "vindr_cxr": ["Pleural effusion", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"],
+              "shenzhen": ["Tuberculosis"]}
+    torch.manual_seed(0)
+    model = ArkModel(ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY, projector_dim=32),
+                     heads={k: len(v) for k, v in labels.items()})
+    state = {"labels": labels, "cursor": {"epoch": 1, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
+    path = str(tmp_path_factory.mktemp("export") / "teacher.safetensors")
+    save_file(exported_tensors(model), path, metadata=metadata(model, state, source="test", which="teacher"))
+    return path
+
+
+def _by_hand(export: str, store: Path, dataset: str, split: str, *, eval_crop: float):
+    """(ids, {head: sigmoid outputs}, backbone, projector, target, mask) of every sample, one process."""
+    model, _ = load_model(export, log=lambda *_: None)
+    config = DataConfig(store=StoreConfig(url=str(store)), num_workers=0,
+                        views=ViewConfig(image_size=SIZE, load_size=SIZE if eval_crop == 1.0 else 73, eval_crop=eval_crop))
+    entry = read_manifest(Store(config.store))[dataset]
+    ids, heads, pooled, projected, target, mask = [], {h: [] for h in model.omni_heads}, [], [], [], []
+    with torch.no_grad():
+        for batch in EvalLoader(entry=entry, config=config, split=split, seed=0, rank=0, world=1, batch_size=5):
+            x = render_eval(batch["image"], config.views)[:, 0]
+            features = model.backbone(x)
+            p = model.projector(features)
+            for h in heads:
+                heads[h].append(torch.sigmoid(model.omni_heads[h](p)).numpy())
+            ids += batch["ids"]
+            pooled.append(features.numpy())
+            projected.append(p.numpy())
+            target.append(batch["target"].numpy())
+            mask.append(batch["mask"].numpy())
+    return (ids, {h: np.concatenate(v) for h, v in heads.items()}, np.concatenate(pooled), np.concatenate(projected),
+            np.concatenate(target), np.concatenate(mask))
+
+
+@pytest.mark.slow
+def test_zeroshot_auc_is_the_maps_mean_of_sigmoid_outputs(ray_cluster, store, export, tmp_path):
+    out = tmp_path / "zs"
+    code = zeroshot.main(["--checkpoint", export, "--target", "node21", "--map",
+                          str(REPO / "configs/zeroshot/node21_nodule_mass_tumor.yaml"), "--store", str(store),
+                          "--split", "train", "--out", str(out), "--image-size", str(SIZE), "--workers", "2",
+                          "--loader-workers", "0", "--batch-size", "3", "--resamples", "200"])
+    assert code == 0
+    got = json.loads((out / "zeroshot.json").read_text())["classes"]["Nodule"]
+    ids, heads, *_, target, mask = _by_hand(export, store, "node21", "train", eval_crop=1.0)
+    xray = read_manifest(Store(StoreConfig(url=str(store))))["chestxray14"]["labels"]
+    score = np.mean([heads["chestxray14"][:, xray.index("Nodule")], heads["chestxray14"][:, xray.index("Mass")],
+                     heads["vindr_cxr"][:, 1]], axis=0)  # VinDr head: Lung tumor is its 2nd class
+    labels = target[:, 0].astype(int)
+    assert 0 < labels.sum() < len(labels), "the look-alike's train split has both outcomes"
+    assert got["n"] == len(ids) and got["positives"] == labels.sum()
+    assert got["auc"] == pytest.approx(roc_auc_score(labels, score), abs=1e-6)
+    assert got["low"] <= got["auc"] <= got["high"]
+    assert (out / "roc.png").stat().st_size > 0 and "| Nodule |" in (out / "zeroshot.md").read_text()
+
+
+def test_a_map_naming_a_class_the_model_lacks_is_one_line(store, export, tmp_path, capsys):
+    bad = tmp_path / "map.yaml"
+    bad.write_text("target: node21\nclasses:\n  Nodule: [[chestxray14, Nodules]]\n")
+    assert zeroshot.main(["--checkpoint", export, "--target", "node21", "--map", str(bad), "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: map: 'Nodule' <- chestxray14/Nodules: no such class") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_two_workers_embed_every_sample_once_as_one_process_does_and_resume(ray_cluster, store, export, tmp_path):
+    out = tmp_path / "emb"
+    argv = ["--checkpoint", export, "--store", str(store), "--datasets", "chestxray14", "node21", "--out", str(out),
+            "--image-size", str(SIZE), "--load-size", "73", "--workers", "2", "--loader-workers", "0",
+            "--batch-size", "3"]
+    assert embed.main(argv) == 0
+    manifest = read_manifest(Store(StoreConfig(url=str(store))))
+    for dataset in ("chestxray14", "node21"):
+        for split, info in manifest[dataset]["splits"].items():
+            files = sorted((out / dataset / split).glob("*.parquet"))
+            assert len(files) == len(info["shards"])
+            table = pq.read_table(files).to_pydict()
+            meta = json.loads(pq.read_schema(files[0]).metadata[b"ark_dist"])
+            assert meta["labels"] == {dataset: manifest[dataset]["labels"]}
+            ids, _, pooled, projected, target, mask = _by_hand(export, store, dataset, split, eval_crop=224 / 256)
+            assert sorted(table["id"]) == sorted(ids) and len(set(table["id"])) == len(ids)  # every sample once
+            row = {i: k for k, i in enumerate(table["id"])}
+            order = [row[i] for i in ids]
+            np.testing.assert_allclose(np.array(table["backbone"])[order], pooled, atol=1e-5)
+            np.testing.assert_allclose(np.array(table["projector"])[order], projected, atol=1e-5)
+            np.testing.assert_array_equal(np.array(table["target"])[order], target)
+            np.testing.assert_array_equal(np.array(table["mask"])[order], mask)
+    # chestxray14 carries sex and age; its view is PA/AP
+    sample = pq.read_table(sorted((out / "chestxray14" / "train").glob("*.parquet"))).to_pydict()
+    assert set(sample["sex"]) <= {"M", "F"} and all(a is not None for a in sample["age"])
+    # resumable by shard: a lost file is the only one written again
+    lost = sorted((out / "node21" / "train").glob("*.parquet"))[0]
+    before = lost.read_bytes()
+    lost.unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    assert embed.main(argv) == 0
+    assert lost.read_bytes() == before
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
