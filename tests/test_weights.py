@@ -155,3 +155,28 @@ def test_an_ark_dist_checkpoint_with_another_projector_names_what_it_drops(tmp_p
                     "omni_heads.chexpert.weight [file (14, 16), model (14, 32)]"):
         assert dropped in logged[0], logged
     assert_equal(target.backbone.state_dict(), source.backbone.state_dict())
+
+
+def test_reuse_loads_a_published_ark_file_to_the_features_of_our_export_of_the_same_weights(tmp_path):
+    """`init` for downstream work: an Ark release (.pth.tar, timm 0.5.4 layout, `omni_heads.0..5`)
+    and ark-dist's export of the same weights give the same backbone features and head outputs."""
+    from safetensors.torch import save_file
+
+    from ark_dist.export import exported_tensors, metadata
+    from ark_dist.reuse.init import load_model
+
+    source = ark(TINY2, heads=ARK_ORDER, seed=0)
+    torch.save(ark_release(source, swin=TINY2), tmp_path / "ark6_teacher.pth.tar")
+    labels = {name: [f"{name}{k}" for k in range(size)] for name, size in ARK_ORDER.items()}
+    state = {"labels": labels, "cursor": {"epoch": 200, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
+    save_file(exported_tensors(source), tmp_path / "ours.safetensors",
+              metadata=metadata(source, state, source="test", which="teacher"))
+    ours, our_labels = load_model(str(tmp_path / "ours.safetensors"), log=lambda *_: None)
+    published, their_labels = load_model(str(tmp_path / "ark6_teacher.pth.tar"), model=source.config, heads=labels,
+                                         log=lambda *_: None)
+    assert our_labels == their_labels == labels
+    images = torch.randn(2, 3, TINY2["img_size"], TINY2["img_size"])
+    with torch.no_grad():
+        a, b = ours(images), published(images)
+        assert torch.equal(ours.backbone(images), published.backbone(images))
+    assert all(torch.equal(a.logits[k], b.logits[k]) for k in ARK_ORDER)
