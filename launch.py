@@ -15,6 +15,7 @@
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
     python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
     python launch.py bench step [...]         the Ark step on Ray + DeepSpeed against a plain AMP loop
+    python launch.py bench embed [...]        `embed` per worker against a plain no_grad loop
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.data.bench import main as bench_data
 
         return bench_data(rest[1:])
+    if command == "bench" and rest[:1] == ["embed"]:
+        from ark_dist.reuse.bench import main as bench_embed
+
+        return bench_embed(rest[1:])
     if command == "bench" and rest[:1] == ["step"]:
         from ark_dist.train.bench import main as bench_step
 

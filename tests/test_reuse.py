@@ -152,3 +152,13 @@ def test_two_workers_embed_every_sample_once_as_one_process_does_and_resume(ray_
     assert embed.main(argv) == 0
     assert lost.read_bytes() == before
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+@pytest.mark.slow
+def test_bench_embed_runs_both_paths(ray_cluster, capsys):
+    """`launch.py bench embed --tiny` (no timing asserted: the figures are for the notes)."""
+    from ark_dist.reuse import bench
+
+    assert bench.main(["--tiny", "--tiny-images", "16", "--workers", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "plain no_grad loop" in out and "embed, 1 worker(s)" in out

@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import posixpath
+import time
 
 from ark_dist.fs import filesystem, join, write_atomic
 from ark_dist.reuse import workers
@@ -56,18 +57,17 @@ def table_bytes(result: dict, *, dataset: str, split: str, labels: list[str], so
 
 def loop(config: dict) -> None:
     """On every worker: its shards (j % world == rank) of every (dataset, split), those not written yet."""
-    import ray.train
-
     from ark_dist.configtree import from_dict
     from ark_dist.data import DataConfig, Store, read_manifest
     from ark_dist.reuse.infer import infer
     from ark_dist.reuse.init import load_model
 
-    rank, world = workers.context()
+    rank, world = workers.context(config)
     data = from_dict(DataConfig, config["data"])
     model, _ = load_model(config["checkpoint"], log=print if rank == 0 else (lambda *_: None))
     manifest = read_manifest(Store(data.store))
-    written = skipped = 0
+    written = skipped = images = 0
+    began = time.perf_counter()
     for dataset in config["datasets"]:
         entry = manifest[dataset]
         for split in [s for s in config["splits"] if s in entry["splits"]]:
@@ -85,10 +85,13 @@ def loop(config: dict) -> None:
                 write_atomic(url, table_bytes(result, dataset=dataset, split=split, labels=entry["labels"],
                                               source=config["checkpoint"]))
                 written += 1
-    ray.train.report({"written": written, "skipped": skipped})
+                images += len(result["ids"])
+    # This worker's pace (without Ray's and the model's start-up): `bench embed` compares it.
+    workers.report(config, {"written": written, "skipped": skipped, "images": images,
+                            "seconds": time.perf_counter() - began})
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py embed", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
     p.add_argument("--store", default="out/store", help="the shard store (default out/store)")
@@ -101,27 +104,42 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
     p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
-    args = p.parse_args(argv)
-    from ark_dist.data import ShardReadError, Store, StoreConfig, read_manifest
+    return p
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Check the inputs in this process, then embed on the workers; each rank's counts and pace."""
+    from ark_dist.data import Store, StoreConfig, read_manifest
     from ark_dist.reuse.init import labels_of
 
+    if labels_of(args.checkpoint) is None:
+        raise ValueError(f"--checkpoint {args.checkpoint}: embed reads ark-dist checkpoints and exports; "
+                         f"export another file first")
+    manifest = read_manifest(Store(StoreConfig(url=args.store)))
+    unknown = [d for d in args.datasets if d not in manifest]
+    if unknown:
+        raise ValueError(f"--datasets: {unknown[0]!r} is not in {args.store} (has: {', '.join(sorted(manifest))})")
+    load = args.load_size or round(args.image_size * 256 / 224)
+    data = {"store": {"url": args.store}, "datasets": args.datasets, "num_workers": args.loader_workers,
+            "views": {"image_size": args.image_size, "load_size": load}}
+    config = {"checkpoint": args.checkpoint, "data": data, "datasets": args.datasets, "splits": args.splits,
+              "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
+              "cpus": args.cpus_per_worker}
+    return workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name="embed",
+                       cpus=args.cpus_per_worker)
+
+
+def main(argv: list[str]) -> int:
+    from ark_dist.data import ShardReadError
+
+    args = parser().parse_args(argv)
     try:
-        if labels_of(args.checkpoint) is None:
-            raise ValueError(f"--checkpoint {args.checkpoint}: embed reads ark-dist checkpoints and exports; "
-                             f"export another file first")
-        manifest = read_manifest(Store(StoreConfig(url=args.store)))
-        unknown = [d for d in args.datasets if d not in manifest]
-        if unknown:
-            raise ValueError(f"--datasets: {unknown[0]!r} is not in {args.store} (has: {', '.join(sorted(manifest))})")
-        load = args.load_size or round(args.image_size * 256 / 224)
-        data = {"store": {"url": args.store}, "datasets": args.datasets, "num_workers": args.loader_workers,
-                "views": {"image_size": args.image_size, "load_size": load}}
-        config = {"checkpoint": args.checkpoint, "data": data, "datasets": args.datasets, "splits": args.splits,
-                  "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out}
-        metrics = workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name="embed")
+        metrics = run(args)
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
+    written, skipped = sum(m["written"] for m in metrics), sum(m["skipped"] for m in metrics)
     print(f"embeddings of {', '.join(args.datasets)} ({', '.join(args.splits)}) under {args.out}: "
-          f"rank 0 wrote {metrics.get('written', 0)} shards, skipped {metrics.get('skipped', 0)} already there")
+          f"{written} shards written, {skipped} already there")
     return 0

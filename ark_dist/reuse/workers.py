@@ -4,13 +4,16 @@ CPU, NCCL on GPUs), and Ray's bookkeeping in the command's output folder."""
 
 from __future__ import annotations
 
+import json
 import sys
 
-from ark_dist.fs import join
+from ark_dist.fs import filesystem, join, write_atomic
 
 
-def run(loop, config: dict, *, workers: int, use_gpu: bool, out: str, name: str) -> dict:
-    """`loop(config)` on every one of `workers` workers; returns the metrics rank 0 reported last."""
+def run(loop, config: dict, *, workers: int, use_gpu: bool, out: str, name: str, cpus: int = 1) -> list[dict]:
+    """`loop(config)` on every one of `workers` workers (`cpus` CPUs each); returns what each rank
+    passed to `report`, in rank order (Ray Train keeps metrics only with checkpoints, and these
+    passes save none)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -20,21 +23,39 @@ def run(loop, config: dict, *, workers: int, use_gpu: bool, out: str, name: str)
         raise ValueError(f"--workers {workers} must be at least 1")
     start_ray(verbose=False)
     fast_reports()
-    path, filesystem = storage_filesystem(join(out, "ray"))
+    path, storage = storage_filesystem(join(out, "ray"))
+    config = {**config, "reports": join(out, "ray", name)}
     trainer = TorchTrainer(loop, train_loop_config=config,
-                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                           run_config=RunConfig(name=name, storage_path=path, storage_filesystem=filesystem,
+                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                                        resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
+                           run_config=RunConfig(name=name, storage_path=path, storage_filesystem=storage,
                                                 failure_config=FailureConfig(max_failures=0)))
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"{name} failed on a worker: {result.error}") from result.error
-    return result.metrics or {}
+    found = []
+    for rank in range(workers):
+        fs, path = filesystem(join(config["reports"], f"rank-{rank}.json"))
+        found.append(json.loads(fs.cat_file(path)))
+    return found
 
 
-def context() -> tuple[int, int]:
-    """(rank, world) of this worker."""
+def report(config: dict, metrics: dict) -> None:
+    """This rank's results, where `run` reads them back (and to Ray Train)."""
     import ray.train
 
+    rank, _ = context(config)
+    write_atomic(join(config["reports"], f"rank-{rank}.json"), json.dumps(metrics).encode())
+    ray.train.report(metrics)
+
+
+def context(config: dict) -> tuple[int, int]:
+    """(rank, world) of this worker, whose torch uses the CPUs Ray gave it (Ray's default is one thread)."""
+    import ray.train
+    import torch
+
+    if not config.get("use_gpu"):
+        torch.set_num_threads(config.get("cpus", 1))
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size()
 

@@ -67,14 +67,12 @@ def mapped_scores(scores: dict[str, np.ndarray], mapping: dict, heads: dict[str,
 
 def loop(config: dict) -> None:
     """On every worker: load the model, score this rank's share, gather; rank 0 writes the results."""
-    import ray.train
-
     from ark_dist.configtree import from_dict
     from ark_dist.data import DataConfig, Store, dataset_entry, read_manifest
     from ark_dist.reuse.infer import gather, infer
     from ark_dist.reuse.init import load_model
 
-    rank, world = workers.context()
+    rank, world = workers.context(config)
     data = from_dict(DataConfig, config["data"])
     model, heads = load_model(config["checkpoint"], log=print if rank == 0 else (lambda *_: None))
     mapping = config["map"]
@@ -88,7 +86,7 @@ def loop(config: dict) -> None:
     metrics = {}
     if rank == 0:
         metrics = write_results(merged, mapping, entry, heads, out=config["out"], resamples=config["resamples"])
-    ray.train.report(metrics)
+    workers.report(config, metrics)
 
 
 def write_results(merged: dict, mapping: dict, entry: dict, heads: dict, *, out: str, resamples: int) -> dict:
@@ -136,6 +134,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
     p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     args = p.parse_args(argv)
@@ -156,8 +155,9 @@ def main(argv: list[str]) -> int:
                 "views": {"image_size": args.image_size, "load_size": args.load_size or args.image_size}}
         config = {"checkpoint": args.checkpoint, "map": mapping, "data": data, "split": args.split,
                   "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
-                  "resamples": args.resamples}
-        workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name=f"zeroshot-{args.target}")
+                  "resamples": args.resamples, "cpus": args.cpus_per_worker}
+        workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name=f"zeroshot-{args.target}",
+                    cpus=args.cpus_per_worker)
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
     fs, path = filesystem(join(args.out, "zeroshot.md"))
