@@ -10,6 +10,7 @@
     python launch.py zeroshot --checkpoint X --target DATASET --map FILE [...]   an unseen set scored by the heads
     python launch.py embed --checkpoint X --datasets ... [...]   backbone and projector features as Parquet
     python launch.py probe --embeddings URL --target DATASET [...]   linear probes, few-shot, selected on val
+    python launch.py evaluate --checkpoint X --datasets ... [--before Y]   AUCs by the model's own heads (forgetting)
     python launch.py config [--reference | --show FILE [key=value ...]]   the config reference / a resolved recipe
     python launch.py shards <command> ...     data: inspect | build | verify | ls | synth | sources
     python launch.py bench shards [...]       build throughput and stored-vs-original decode cost
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
         from ark_dist.export import main as export_main
 
         return export_main(rest)
-    if command in ("zeroshot", "embed", "probe"):
+    if command in ("zeroshot", "embed", "probe", "evaluate"):
         import importlib
 
         return importlib.import_module(f"ark_dist.reuse.{command}").main(rest)

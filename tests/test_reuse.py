@@ -48,22 +48,29 @@ def store(synth_root, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def export(store, tmp_path_factory) -> str:
-    """A tiny Swin with ChestX-ray14's, VinDr's and Shenzhen's heads (random weights), exported as
-    `launch.py export` writes it."""
+def tiny_export(path: Path, labels: dict[str, list[str]], *, seed: int) -> str:
+    """A tiny Swin with these heads (random weights), exported as `launch.py export` writes it."""
     from safetensors.torch import save_file
 
-    labels = {"chestxray14": read_manifest(Store(StoreConfig(url=str(store))))["chestxray14"]["labels"],
-              "vindr_cxr": ["Pleural effusion", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"],
-              "shenzhen": ["Tuberculosis"]}
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ArkModel(ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY, projector_dim=32),
                      heads={k: len(v) for k, v in labels.items()})
     state = {"labels": labels, "cursor": {"epoch": 1, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
-    path = str(tmp_path_factory.mktemp("export") / "teacher.safetensors")
     save_file(exported_tensors(model), path, metadata=metadata(model, state, source="test", which="teacher"))
-    return path
+    return str(path)
+
+
+def _labels(store: Path, dataset: str) -> list[str]:
+    return read_manifest(Store(StoreConfig(url=str(store))))[dataset]["labels"]
+
+
+@pytest.fixture(scope="module")
+def export(store, tmp_path_factory) -> str:
+    """ChestX-ray14's, VinDr's and Shenzhen's heads."""
+    labels = {"chestxray14": _labels(store, "chestxray14"),
+              "vindr_cxr": ["Pleural effusion", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"],
+              "shenzhen": ["Tuberculosis"]}
+    return tiny_export(tmp_path_factory.mktemp("export") / "teacher.safetensors", labels, seed=0)
 
 
 def _by_hand(export: str, store: Path, dataset: str, split: str, *, eval_crop: float):
@@ -162,3 +169,38 @@ def test_bench_embed_runs_both_paths(ray_cluster, capsys):
     assert bench.main(["--tiny", "--tiny-images", "16", "--workers", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "plain no_grad loop" in out and "embed, 1 worker(s)" in out
+
+
+@pytest.mark.slow
+def test_evaluate_gives_each_class_auc_and_the_forgetting_of_a_continual_run(ray_cluster, store, tmp_path):
+    """`evaluate --before`: per-class AUCs and each old dataset's mean before minus after, equal to
+    sklearn's on the heads' outputs computed by hand; a dataset new to the run has no 'before'."""
+    from ark_dist.reuse import evaluate
+
+    before = tiny_export(tmp_path / "before.safetensors", {"chestxray14": _labels(store, "chestxray14")}, seed=1)
+    after = tiny_export(tmp_path / "after.safetensors", {"chestxray14": _labels(store, "chestxray14"),
+                                                         "node21": _labels(store, "node21")}, seed=2)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--checkpoint", after, "--before", before, "--datasets", "chestxray14", "node21",
+                          "--store", str(store), "--split", "train", "--out", str(out), "--image-size", str(SIZE),
+                          "--load-size", "73", "--workers", "2", "--loader-workers", "0", "--batch-size", "3",
+                          "--resamples", "100"]) == 0
+    doc = json.loads((out / "evaluate.json").read_text())
+
+    def means(export: str, dataset: str) -> tuple[dict, float]:
+        _, heads, *_, target, mask = _by_hand(export, store, dataset, "train", eval_crop=224 / 256)
+        aucs = {}
+        for k, name in enumerate(_labels(store, dataset)):
+            known = mask[:, k] > 0
+            y = target[known, k] >= 0.5
+            if 0 < y.sum() < len(y):
+                aucs[name] = roc_auc_score(y, heads[dataset][known, k])
+        return aucs, float(np.mean(list(aucs.values())))
+
+    after_aucs, after_mean = means(after, "chestxray14")
+    _, before_mean = means(before, "chestxray14")
+    got = doc["after"]["chestxray14"]
+    assert {k: v["auc"] for k, v in got["classes"].items() if v["auc"] is not None} == pytest.approx(after_aucs)
+    assert got["mean"] == pytest.approx(after_mean) and doc["before"]["chestxray14"]["mean"] == pytest.approx(before_mean)
+    assert doc["forgetting"] == pytest.approx({"chestxray14": before_mean - after_mean})
+    assert "node21" in doc["after"] and "node21" not in doc["before"]
