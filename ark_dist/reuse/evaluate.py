@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from ark_dist.fs import filesystem, join, write_atomic
+from ark_dist.fs import join, write_atomic
 from ark_dist.reuse import workers
 
 
@@ -130,7 +130,4 @@ def main(argv: list[str]) -> int:
                     cpus=args.cpus_per_worker)
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
-    fs, path = filesystem(join(args.out, "evaluate.md"))
-    print(fs.cat_file(path).decode(), end="")
-    print(f"wrote {join(args.out, 'evaluate.json')}, evaluate.md")
-    return 0
+    return workers.show(args.out, "evaluate.md", "evaluate.json")

@@ -66,6 +66,14 @@ def device(use_gpu: bool):
     return torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
 
 
+def show(out: str, table: str, *written: str) -> int:
+    """Print rank 0's table from the output folder and what was written; exit status 0."""
+    fs, path = filesystem(join(out, table))
+    print(fs.cat_file(path).decode(), end="")
+    print(f"wrote {', '.join(join(out, name) for name in (table, *written))}")
+    return 0
+
+
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2

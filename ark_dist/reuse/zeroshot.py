@@ -160,7 +160,4 @@ def main(argv: list[str]) -> int:
                     cpus=args.cpus_per_worker)
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
-    fs, path = filesystem(join(args.out, "zeroshot.md"))
-    print(fs.cat_file(path).decode(), end="")
-    print(f"wrote {join(args.out, 'zeroshot.json')}, zeroshot.md, roc.png")
-    return 0
+    return workers.show(args.out, "zeroshot.md", "zeroshot.json", "roc.png")
