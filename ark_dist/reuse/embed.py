@@ -72,10 +72,10 @@ def loop(config: dict) -> None:
         entry = manifest[dataset]
         for split in [s for s in config["splits"] if s in entry["splits"]]:
             for j, shard in enumerate(entry["splits"][split]["shards"]):
-                url = part_url(config["out"], dataset, split, shard)
-                fs, path = filesystem(url)
                 if j % world != rank:
                     continue
+                url = part_url(config["out"], dataset, split, shard)
+                fs, path = filesystem(url)
                 if fs.exists(path):
                     skipped += 1
                     continue
@@ -94,18 +94,9 @@ def loop(config: dict) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py embed", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
-    p.add_argument("--store", default="out/store", help="the shard store (default out/store)")
     p.add_argument("--datasets", nargs="+", required=True)
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    p.add_argument("--out", default="out/embeddings", help="folder (or s3:// prefix) for the Parquet files")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--load-size", type=int, help="loader canvas (default: the image size / eval crop)")
-    p.add_argument("--view", choices=("centre", "whole"), default="centre")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
-    p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
+    workers.add_pass_arguments(p, out="out/embeddings", view="centre", batch_size=64, load="crop")
     return p
 
 
@@ -121,14 +112,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     unknown = [d for d in args.datasets if d not in manifest]
     if unknown:
         raise ValueError(f"--datasets: {unknown[0]!r} is not in {args.store} (has: {', '.join(sorted(manifest))})")
-    load = args.load_size or round(args.image_size * 256 / 224)
-    data = {"store": {"url": args.store}, "datasets": args.datasets, "num_workers": args.loader_workers,
-            "views": {"image_size": args.image_size, "load_size": load}}
-    config = {"checkpoint": args.checkpoint, "data": data, "datasets": args.datasets, "splits": args.splits,
-              "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
-              "cpus": args.cpus_per_worker}
-    return workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name="embed",
-                       cpus=args.cpus_per_worker)
+    config = workers.pass_config(args, args.datasets, checkpoint=args.checkpoint, datasets=args.datasets,
+                                 splits=args.splits)
+    return workers.run_pass(loop, config, args, name="embed")
 
 
 def main(argv: list[str]) -> int:

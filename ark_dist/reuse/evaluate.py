@@ -92,18 +92,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
     p.add_argument("--before", help="a second model to compare with (e.g. the file a continual run started from)")
     p.add_argument("--datasets", nargs="+", required=True, help="datasets the model has heads for")
-    p.add_argument("--store", default="out/store")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", default="out/evaluate")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--load-size", type=int, help="loader canvas (default: image size x 256/224)")
-    p.add_argument("--view", choices=("centre", "whole"), default="centre")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=int, default=1)
-    p.add_argument("--loader-workers", type=int, default=2)
-    p.add_argument("--resamples", type=int, default=1000)
+    workers.add_pass_arguments(p, out="out/evaluate", view="centre", batch_size=32, load="crop")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     args = p.parse_args(argv)
     from ark_dist.data import ShardReadError, Store, StoreConfig, dataset_entry, read_manifest
     from ark_dist.reuse.init import labels_of
@@ -120,14 +111,9 @@ def main(argv: list[str]) -> int:
                 if which == "after" and heads.get(dataset) != entry["labels"]:
                     raise ValueError(f"{url}: its {dataset!r} head is {heads.get(dataset)}, the store's labels "
                                      f"{entry['labels']}")
-        data = {"store": {"url": args.store}, "datasets": args.datasets, "num_workers": args.loader_workers,
-                "views": {"image_size": args.image_size,
-                          "load_size": args.load_size or round(args.image_size * 256 / 224)}}
-        config = {"models": models, "data": data, "datasets": args.datasets, "split": args.split,
-                  "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
-                  "resamples": args.resamples, "cpus": args.cpus_per_worker}
-        workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name="evaluate",
-                    cpus=args.cpus_per_worker)
+        config = workers.pass_config(args, args.datasets, models=models, datasets=args.datasets, split=args.split,
+                                     resamples=args.resamples)
+        workers.run_pass(loop, config, args, name="evaluate")
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
     return workers.show(args.out, "evaluate.md", "evaluate.json")

@@ -10,6 +10,40 @@ import sys
 from ark_dist.fs import filesystem, join, write_atomic
 
 
+def add_pass_arguments(p, *, out: str, view: str, batch_size: int, load: str) -> None:
+    """The options every reuse pass shares: the store, the output folder, the one view, and the
+    workers. `load` names the default canvas: "image" (the network input) or "crop" (input x 256/224,
+    so the centre crop is the evaluation's)."""
+    p.add_argument("--store", default="out/store", help="the shard store (default out/store)")
+    p.add_argument("--out", default=out, help=f"folder (or s3:// prefix) for the results (default {out})")
+    p.add_argument("--image-size", type=int, default=224, help="network input (Ark-6 224, Ark+ 768)")
+    p.add_argument("--load-size", type=int, help="loader canvas (default: "
+                   + ("the image size)" if load == "image" else "the image size x 256/224)"))
+    p.add_argument("--view", choices=("centre", "whole"), default=view, help="centre crop or whole image (Ark+)")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
+    p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
+    p.set_defaults(load=load)
+
+
+def pass_config(args, reads: list[str], **extra) -> dict:
+    """The workers' config from `add_pass_arguments`' options, the datasets the pass `reads`, and
+    the command's own `extra`."""
+    load = args.load_size or (args.image_size if args.load == "image" else round(args.image_size * 256 / 224))
+    data = {"store": {"url": args.store}, "datasets": list(reads), "num_workers": args.loader_workers,
+            "views": {"image_size": args.image_size, "load_size": load}}
+    return {"data": data, "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
+            "cpus": args.cpus_per_worker, **extra}
+
+
+def run_pass(loop, config: dict, args, *, name: str) -> list[dict]:
+    """`run` with the workers `add_pass_arguments` asked for."""
+    return run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name=name,
+               cpus=args.cpus_per_worker)
+
+
 def run(loop, config: dict, *, workers: int, use_gpu: bool, out: str, name: str, cpus: int = 1) -> list[dict]:
     """`loop(config)` on every one of `workers` workers (`cpus` CPUs each); returns what each rank
     passed to `report`, in rank order (Ray Train keeps metrics only with checkpoints, and these

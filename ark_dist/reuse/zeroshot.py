@@ -125,17 +125,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
     p.add_argument("--target", required=True, help="the unseen dataset (in the store's manifest)")
     p.add_argument("--map", required=True, help="configs/zeroshot/<map>.yaml: target classes <- pretrained outputs")
-    p.add_argument("--store", default="out/store", help="the shard store holding the target (default out/store)")
     p.add_argument("--split", default="test", help="the target's split to score (default test)")
-    p.add_argument("--out", default="out/zeroshot", help="folder (or s3:// prefix) for the results")
-    p.add_argument("--image-size", type=int, default=224, help="network input (Ark-6 224, Ark+ 768)")
-    p.add_argument("--load-size", type=int, help="loader canvas (default: the image size)")
-    p.add_argument("--view", choices=("whole", "centre"), default="whole", help="whole image (Ark+) or centre crop")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
-    p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
+    workers.add_pass_arguments(p, out="out/zeroshot", view="whole", batch_size=32, load="image")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     args = p.parse_args(argv)
     from ark_dist.data import ShardReadError, Store, StoreConfig, dataset_entry, read_manifest
@@ -151,13 +142,9 @@ def main(argv: list[str]) -> int:
                              f"ark-dist checkpoint or export carries (export a published file first)")
         entry = dataset_entry(read_manifest(Store(StoreConfig(url=args.store))), args.target, splits=(args.split,))
         check_map(mapping, target_labels=entry["labels"], heads=heads)
-        data = {"store": {"url": args.store}, "datasets": [args.target], "num_workers": args.loader_workers,
-                "views": {"image_size": args.image_size, "load_size": args.load_size or args.image_size}}
-        config = {"checkpoint": args.checkpoint, "map": mapping, "data": data, "split": args.split,
-                  "batch_size": args.batch_size, "use_gpu": args.gpu, "view": args.view, "out": args.out,
-                  "resamples": args.resamples, "cpus": args.cpus_per_worker}
-        workers.run(loop, config, workers=args.workers, use_gpu=args.gpu, out=args.out, name=f"zeroshot-{args.target}",
-                    cpus=args.cpus_per_worker)
+        config = workers.pass_config(args, [args.target], checkpoint=args.checkpoint, map=mapping, split=args.split,
+                                     resamples=args.resamples)
+        workers.run_pass(loop, config, args, name=f"zeroshot-{args.target}")
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
     return workers.show(args.out, "zeroshot.md", "zeroshot.json", "roc.png")
