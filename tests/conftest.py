@@ -61,7 +61,8 @@ def raw_copy(synth_root, tmp_path):
 
 
 def read_store_samples(store_root: Path, dataset: str) -> dict[str, dict]:
-    """Every sample of a local store's dataset, by id: its JSON facts plus `_split` and `_image`."""
+    """Every sample of a local store's dataset, by id: its JSON facts plus `_split`, `_image` and
+    `_members` (every tar member by extension, masks included)."""
     manifest = json.loads((store_root / "manifest.json").read_text())
     samples = {}
     for split, info in manifest["datasets"][dataset]["splits"].items():
@@ -69,6 +70,7 @@ def read_store_samples(store_root: Path, dataset: str) -> dict[str, dict]:
             for key, parts in read_tar((store_root / shard["url"]).read_bytes()):
                 facts = json.loads(parts["json"])
                 facts["_split"], facts["_image"] = split, parts.get("jpg") or parts.get("png")
+                facts["_members"] = parts
                 samples[facts["id"]] = facts
     return samples
 

@@ -16,8 +16,7 @@ from matplotlib.path import Path as Polygon
 from PIL import Image, ImageDraw
 
 import labelfacts
-from conftest import look_alike, run_shards
-from shards.samples import read_tar
+from conftest import look_alike, read_store_samples, run_shards
 
 # ChestX-Det's README, in its order.
 CLASSES = ["Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Diffuse Nodule", "Effusion",
@@ -97,19 +96,6 @@ def nearest(mask: np.ndarray, size) -> np.ndarray:
     return np.stack(choices)
 
 
-def store_samples(store: Path, dataset: str) -> dict:
-    """id -> (JSON facts with `_split`, {member extension: bytes}) of a local store's dataset."""
-    manifest = json.loads((store / "manifest.json").read_text())
-    out = {}
-    for split, info in manifest["datasets"][dataset]["splits"].items():
-        for shard in info["shards"]:
-            for _, parts in read_tar((store / shard["url"]).read_bytes()):
-                facts = json.loads(parts["json"])
-                facts["_split"] = split
-                out[facts["id"]] = (facts, parts)
-    return out
-
-
 def test_inspect_counts_equal_the_label_files(raw):
     code, out, err = run_shards("inspect", "--source", "chestx_det", "--root", raw, "--json", "--val-fraction", "0")
     assert code == 0, err
@@ -150,10 +136,10 @@ def test_build_and_verify_keep_labels_boxes_masks_and_origin(raw, tmp_path):
     assert manifest["masks"] == CLASSES and manifest["labels"] == CLASSES
 
     facts = read_label_files(raw)
-    samples = store_samples(store, "chestx_det")
+    samples = read_store_samples(store, "chestx_det")
     assert set(samples) == set(facts)
     for key, want in facts.items():
-        got, parts = samples[key]
+        got = samples[key]
         assert got["labels"] == want["labels"], key
         assert got["_split"] == got["split"] and got["split"] in ({"train", "val"} if want["split"] == "train"
                                                                   else {"test"}), key
@@ -162,7 +148,7 @@ def test_build_and_verify_keep_labels_boxes_masks_and_origin(raw, tmp_path):
         assert got["masks"] == sorted(CLASSES) and list(got["original_size"]) == list(want["size"])
         stored_size = tuple(got["size"])
         for k, c in enumerate(CLASSES):
-            stored = np.asarray(Image.open(io.BytesIO(parts[f"mask.{k}.png"])).convert("L")) > 0
+            stored = np.asarray(Image.open(io.BytesIO(got["_members"][f"mask.{k}.png"])).convert("L")) > 0
             assert stored.shape == (stored_size[1], stored_size[0]), (key, c)
             inside, near = centres_inside(want["polygons"].get(c, []), want["size"])
             agree = (nearest(inside, stored_size) == stored).any(axis=0)
@@ -242,12 +228,12 @@ def test_nih_names_come_from_the_map_or_the_file_name_and_images_from_either_fol
     code, _, err = run_shards("build", "--source", "chestx_det", "--root", copy, "--out", copy.parent / "s",
                               "--quiet", "--workers", "1", "--max-side", "32")
     assert code == 0, err
-    samples = store_samples(copy.parent / "s", "chestx_det")
+    samples = read_store_samples(copy.parent / "s", "chestx_det")
     for nih in mapping.values():
-        facts_, _ = samples[nih[:-4]]
+        facts_ = samples[nih[:-4]]
         assert facts_["origin"] == f"chestxray14/{nih[:-4]}" and facts_["patient"] == str(int(nih[:8]))
     for key in unmapped:
-        facts_, _ = samples[key]
+        facts_ = samples[key]
         assert "origin" not in facts_ and facts_["patient"] == key
 
 
