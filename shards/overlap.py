@@ -112,19 +112,17 @@ def matches(samples: list[Sample], *, max_distance: int = DEFAULT_DISTANCE) -> l
         else:
             pair["distance"] = distance
 
-    by_identity: dict[str, list[Sample]] = {}  # a sample is its own key, or the image its origin names
+    by_key = {s.key: s for s in samples}
+    by_origin: dict[str, list[Sample]] = {}
     for s in samples:
-        by_identity.setdefault(s.origin or s.key, []).append(s)
         if s.origin:
-            by_identity.setdefault(s.origin, [])
-    for members in by_identity.values():
-        for i, x in enumerate(members):
-            for y in members[i + 1:]:
+            by_origin.setdefault(s.origin, []).append(s)
+    for origin, members in by_origin.items():  # the image an origin names, and every re-annotation of it
+        named = [by_key[origin]] if origin in by_key else []
+        group = named + [s for s in members if s.key != origin]
+        for i, x in enumerate(group):
+            for y in group[i + 1:]:
                 add(x, y, "origin", None)
-    for s in samples:  # an origin that names a sample of the store matches it
-        if s.origin and s.origin != s.key:
-            for t in [t for t in by_identity.get(s.origin, []) if t.key == s.origin]:
-                add(s, t, "origin", None)
     names = sorted(groups)
     for i, g in enumerate(names):
         for h in names[i + 1:]:

@@ -102,13 +102,16 @@ def test_origins_match_the_named_sample_and_each_other():
     samples = [_sample("chestxray14", "train", "00000001_000"), _sample("chestxray14", "test", "00000002_000"),
                _sample("chestx_det", "test", "36204", origin="chestxray14/00000001_000"),
                _sample("nih_google", "val", "00000001_000", origin="chestxray14/00000001_000"),
-               _sample("chestx_det", "train", "36205", origin="chestxray14/99999999_000")]
+               _sample("chestx_det", "train", "36205", origin="chestxray14/99999999_000"),
+               # a sample that has an origin of its own is still the image another's origin names
+               _sample("tbx11k", "train", "CHNCXR_0001_0", origin="shenzhen/CHNCXR_0001_0"),
+               _sample("later", "test", "x1", origin="tbx11k/CHNCXR_0001_0")]
     found = overlap.matches(samples)
     pairs = {(m["a"].key, m["b"].key) for m in found}
     assert pairs == {("chestx_det/36204", "chestxray14/00000001_000"), ("chestx_det/36204", "nih_google/00000001_000"),
-                     ("chestxray14/00000001_000", "nih_google/00000001_000")}
+                     ("chestxray14/00000001_000", "nih_google/00000001_000"), ("later/x1", "tbx11k/CHNCXR_0001_0")}
     assert all(m["origin"] and m["distance"] is None for m in found)
-    assert overlap.exclusions(found) == ["chestxray14/00000001_000"]
+    assert overlap.exclusions(found) == ["chestxray14/00000001_000", "tbx11k/CHNCXR_0001_0"]
 
 
 def test_hash_distance_is_counted_in_bits_and_the_same_group_never_matches():
