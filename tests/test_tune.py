@@ -23,7 +23,7 @@ TINY = str(TINY_SWIN).replace("'", "")
 # and over time is known in advance (tiny data teaches nothing that would rank trials reliably), so
 # the test can say which trials ASHA stops and which is best.
 METRIC = "lr"
-EPOCHS = 4  # rungs at epochs 1 and 2: a stopped trial has two epochs left that it must not train
+EPOCHS = 8  # rungs at epochs 1, 2 and 4: a trial stopped at the first has seven epochs left that it must not train
 
 
 def sweep_args(store, runs, *extra) -> list[str]:
