@@ -7,6 +7,7 @@
     python launch.py slurm --config FILE [key=value ...] [--submit]   fill in (and submit) the Slurm batch script
     python launch.py k8s render --config FILE [...]   KubeRay RayJob/RayCluster manifests for a recipe and a size
     python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
+    python launch.py finetune --config FILE [key=value ...]   transfer to one dataset (BenchmarkTransformers)
     python launch.py zeroshot --checkpoint X --target DATASET --map FILE [...]   an unseen set scored by the heads
     python launch.py embed --checkpoint X --datasets ... [...]   backbone and projector features as Parquet
     python launch.py probe --embeddings URL --target DATASET [...]   linear probes, few-shot, selected on val
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
         from ark_dist.export import main as export_main
 
         return export_main(rest)
-    if command in ("zeroshot", "embed", "probe", "evaluate"):
+    if command in ("finetune", "zeroshot", "embed", "probe", "evaluate"):
         import importlib
 
         return importlib.import_module(f"ark_dist.reuse.{command}").main(rest)

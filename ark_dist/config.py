@@ -11,13 +11,15 @@ from ark_dist.configtree import load_config, to_dict
 from ark_dist.data.config import DataConfig
 from ark_dist.method.config import MethodConfig
 from ark_dist.model.config import ModelConfig
+from ark_dist.reuse.config import FinetuneConfig
 from ark_dist.track.config import TrackingConfig
 from ark_dist.tune.config import TuneConfig
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """Optimizer and LR schedule: linear warm-up, then cosine to `min_lr`, stepped per optimizer step."""
+    """Optimizer and LR schedule: linear warm-up, then cosine to `min_lr` (or constant), stepped per
+    optimizer step."""
 
     name: Literal["sgd", "adamw"] = "sgd"  # the optimizer (Ark: SGD)
     lr: float = 0.3  # peak learning rate, reached at the end of the warm-up
@@ -27,6 +29,7 @@ class OptimConfig:
     warmup_epochs: float = 20.0  # linear warm-up length in epochs (fractions allowed)
     min_lr: float = 1e-5  # where the cosine ends, at the last step
     clip_grad: float = 0.0  # 0 = off (Ark clips nothing; DeepSpeed would clip at 1.0 by default)
+    schedule: Literal["cosine", "constant"] = "cosine"  # after the warm-up: cosine to min_lr, or lr throughout
 
     def validate(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0 or self.clip_grad < 0:
@@ -84,8 +87,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)  # only `launch.py tune` reads it
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # with a target, the run fine-tunes
 
     def validate(self) -> None:
+        target = self.finetune.target
+        if target is not None and self.data.datasets != [target]:
+            raise ValueError(f"finetune.target={target!r}: data.datasets must be [{target}] (it is {self.data.datasets})")
         world = self.engine.num_workers
         if self.train.global_batch % (world * self.engine.grad_accum):
             raise ValueError(f"train.global_batch {self.train.global_batch} must split evenly over "

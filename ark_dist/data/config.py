@@ -65,6 +65,7 @@ class ViewConfig:
     scale: float = 0.1  # ShiftScaleRotate: max relative zoom
     rotate_deg: float = 10.0  # ShiftScaleRotate: max rotation
     shift_scale_rotate_p: float = 0.5  # ShiftScaleRotate: probability it is applied
+    hflip_p: float = 0.0  # horizontal flip of the crop, before the rotation (Ark: none; fine-tuning: 0.5)
     photometric_p: float = 0.3  # one of brightness/contrast or gamma, student only
     brightness: float = 0.2  # photometric: max brightness shift
     contrast: float = 0.2  # photometric: max relative contrast change
@@ -77,7 +78,7 @@ class ViewConfig:
             raise ValueError("image_size >= 16 and load_size >= image_size / 2 are required")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 or not 0 < self.eval_crop <= 1:
             raise ValueError("crop_scale within (0, 1] and eval_crop within (0, 1] are required")
-        for name in ("shift_scale_rotate_p", "photometric_p"):
+        for name in ("shift_scale_rotate_p", "photometric_p", "hflip_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability")
 
@@ -109,6 +110,10 @@ class DataConfig:
     # keys, one per line, e.g. the exclude.txt of `python -m shards overlap`. A round still has its
     # steps: a range short of samples reads on into the next, as after bad samples.
     exclude: str | None = None  # file of <dataset>/<id> keys left out of every stream (shards overlap writes one)
+    # A training subset: a file (local or s3://) of `<dataset>/<id>` keys; each dataset named in it
+    # trains on those samples only (its rounds are as long as they make), evaluation is unchanged.
+    # `finetune.train_subset` writes one. The pass still reads the split's shards, skipping the rest.
+    train_only: str | None = None  # file of <dataset>/<id> keys: the listed datasets train on these only
 
     def validate(self) -> None:
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):

@@ -66,21 +66,53 @@ def _served(*, step: int, num_batches: int, worker: int, workers: int, before: i
     return slot, done, len(range(slot, num_batches, workers)) - done
 
 
-@functools.lru_cache(maxsize=4)
-def excluded(url: str | None) -> frozenset[str]:
-    """The `<dataset>/<id>` keys of `data.exclude` (read once per process), or none."""
+@functools.lru_cache(maxsize=8)
+def key_file(url: str | None, *, option: str = "data.exclude") -> frozenset[str]:
+    """The `<dataset>/<id>` keys of a key file (read once per process), or none."""
     if not url:
         return frozenset()
     fs, path = filesystem(url)
     try:
         text = fs.cat_file(path).decode()
     except Exception as exc:  # noqa: BLE001 - any client error is one line that names the file
-        raise ValueError(f"data.exclude={url!r}: cannot read it ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{option}={url!r}: cannot read it ({type(exc).__name__}: {exc})") from exc
     keys = frozenset(line.strip() for line in text.splitlines() if line.strip())
     bad = next((k for k in keys if k.count("/") != 1), None)
     if bad is not None:
-        raise ValueError(f"data.exclude={url!r}: {bad!r} is not a <dataset>/<id> key")
+        raise ValueError(f"{option}={url!r}: {bad!r} is not a <dataset>/<id> key")
     return keys
+
+
+def excluded(url: str | None) -> frozenset[str]:
+    """The keys of `data.exclude`, left out of every stream."""
+    return key_file(url, option="data.exclude")
+
+
+def train_only(url: str | None) -> dict[str, frozenset[str]]:
+    """`data.train_only` by dataset: {dataset: the keys its training streams keep}."""
+    kept: dict[str, set[str]] = {}
+    for key in key_file(url, option="data.train_only"):
+        kept.setdefault(key.split("/")[0], set()).add(key)
+    return {name: frozenset(keys) for name, keys in kept.items()}
+
+
+def subset_entries(entries: list[dict], config: DataConfig) -> list[dict]:
+    """The entries as training sees them under `data.train_only`: a listed dataset's train split
+    holds as many samples as the file keeps of it (its rounds' steps follow), its shards unchanged."""
+    kept = train_only(config.train_only)
+    out = []
+    for entry in entries:
+        if entry["name"] in kept and "train" in entry["splits"]:
+            train = {**entry["splits"]["train"], "num_samples": len(kept[entry["name"]])}
+            entry = {**entry, "splits": {**entry["splits"], "train": train}}
+        out.append(entry)
+    return out
+
+
+def _kept(stream, entry: dict, config: DataConfig):
+    """The training samples `data.train_only` keeps of this dataset (all when it lists none)."""
+    keys = train_only(config.train_only).get(entry["name"])
+    return stream if keys is None else (s for s in stream if s["key"] in keys)
 
 
 def _counters(entry: dict, config: DataConfig) -> stages.Counters:
@@ -145,7 +177,7 @@ def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor
         stream = _resampled(entry, config, store=store, counters=counters, shard_rng=shard_rng, shuffle_rng=shuffle_rng)
     else:
         order = plan.shard_order(entry, seed=seed, epoch=cursor.epoch, round=cursor.round)
-        stream = _epoch(order, config, share=share, store=store, counters=counters, shuffle_rng=shuffle_rng)
+        stream = _epoch(entry, order, config, share=share, store=store, counters=counters, shuffle_rng=shuffle_rng)
     stream = stages.number(stream)  # each sample knows its place in this stream: the key of its views
     stream = stages.skip(stream, skip)  # resumed: the samples already trained on are gone, undecoded
     stream = stages.decode(stream, config.views.load_size, counters)
@@ -157,19 +189,22 @@ def _resampled(entry: dict, config: DataConfig, *, store: Store, counters: stage
                shard_rng: np.random.Generator, shuffle_rng: np.random.Generator):
     """Endless raw samples of shards drawn with replacement, shuffled across shards."""
     stream = stages.tar_samples(stages.resampled(entry["splits"]["train"]["shards"], shard_rng), store, counters)
-    stream = stages.exclude(stream, excluded(config.exclude))
+    stream = _kept(stages.exclude(stream, excluded(config.exclude)), entry, config)
     # A buffer larger than the split would only re-read the same shards before the first batch.
     buffer = min(config.shuffle_buffer, entry["splits"]["train"]["num_samples"])
     return stages.shuffle(stream, buffer, shuffle_rng)
 
 
-def _epoch(order: list[dict], config: DataConfig, *, share: tuple[int, int], store: Store,
+def _epoch(entry: dict, order: list[dict], config: DataConfig, *, share: tuple[int, int], store: Store,
            counters: stages.Counters, shuffle_rng: np.random.Generator):
     """The slot's range of the round's pass over `order`, shuffled, then (only if bad samples left
-    it short) the samples after it."""
+    it short) the samples after it. Under `data.train_only` the ranges (counted in kept samples)
+    start at the same share of the stored pass, so the slots spread over all of it."""
     first, count = share
+    stored = sum(shard["num_samples"] for shard in order)
+    first = first * stored // max(entry["splits"]["train"]["num_samples"], 1)  # = first, unless a subset
     stream = stages.tar_samples(stages.sequence(order, first), store, counters)  # the pass, from the range's start
-    stream = stages.exclude(stream, excluded(config.exclude))
+    stream = _kept(stages.exclude(stream, excluded(config.exclude)), entry, config)
     return stages.share(stream, count, config.shuffle_buffer, shuffle_rng)  # the range shuffled, nothing read past it
 
 

@@ -76,7 +76,10 @@ def _photometric(rng: np.random.Generator, cfg: ViewConfig) -> np.ndarray:
 def draw_views(rng: np.random.Generator, width: int, height: int, cfg: ViewConfig) -> dict:
     """The student's and teacher's warps and the student's photometric change for one sample of
     stored size width x height: {"theta_student": (2, 3), "theta_teacher": (2, 3), "photo": (3,)}."""
-    student = (_crop(rng, width, height, cfg) @ _shift_scale_rotate(rng, cfg))[:2].astype(np.float32)
+    crop, rotate = _crop(rng, width, height, cfg), _shift_scale_rotate(rng, cfg)
+    if cfg.hflip_p and rng.uniform() < cfg.hflip_p:  # drawn only when asked: Ark's streams stay as they were
+        crop = crop @ np.diag([-1.0, 1.0, 1.0])  # RandomResizedCrop, flip, then rotate (torchvision's order)
+    student = (crop @ rotate)[:2].astype(np.float32)
     teacher = student if cfg.teacher == "same_geometry" else np.eye(3, dtype=np.float32)[:2]
     return {"theta_student": student, "theta_teacher": teacher.copy(), "photo": _photometric(rng, cfg)}
 

@@ -44,10 +44,15 @@ def round_text(row: dict, auc: float | None) -> str:
     return " ".join(parts)
 
 
+def _auc(row: dict, last: float | None) -> float | None:
+    """The mean val AUC of an evaluation row (the teacher's; a fine-tune has only its model), else `last`."""
+    return row.get("auc/val/mean/teacher", row.get("auc/val/mean/student", last))
+
+
 class RoundProgress:
     """Follows `<run folder>/metrics.jsonl` from a thread while the run trains (`with
     RoundProgress(cfg): fit(cfg)`): one tqdm update per round with the round's loss, the teacher's
-    mean val AUC of the last evaluation and the round's img/s. On a terminal the bar redraws one
+    (a fine-tune's model's) mean val AUC of the last evaluation and the round's img/s. On a terminal the bar redraws one
     line; written to a file or a pipe, every round is a line of its own. Rounds already in the
     file when it starts (a resumed run) count as done."""
 
@@ -68,7 +73,7 @@ class RoundProgress:
         done = self._rows()
         self.seen = len(done)
         for row in done:
-            self.auc = row.get("auc/val/mean/teacher", self.auc)
+            self.auc = _auc(row, self.auc)
         # Not on a terminal tqdm draws into a buffer and each round's line is printed whole (and
         # uncut). A terminal's size is given: tqdm draws nothing where it reads it as -1 (a pty
         # without one).
@@ -97,7 +102,9 @@ class RoundProgress:
     def _update(self) -> None:
         rows = self._rows()
         for row in rows[self.seen:]:
-            self.auc = row.get("auc/val/mean/teacher", self.auc)
+            if "epoch" not in row:  # not a round: a fine-tune's closing test row
+                continue
+            self.auc = _auc(row, self.auc)
             self.bar.set_postfix_str(round_text(row, self.auc), refresh=False)
             self.bar.update(1)
             if not self.tty:

@@ -48,7 +48,7 @@ def build(model: torch.nn.Module, cfg: Config, *, micro_batch: int, total_steps:
 
     opt = optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scale = lambda step: lr_at(step, total=total_steps, warmup=warmup_steps, lr=cfg.optim.lr,  # noqa: E731
-                               min_lr=cfg.optim.min_lr) / cfg.optim.lr
+                               min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule) / cfg.optim.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, scale)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=scheduler,
                                       config=deepspeed_config(cfg, micro_batch=micro_batch))

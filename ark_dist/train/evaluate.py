@@ -59,7 +59,19 @@ def summarize(entry: dict, scores: np.ndarray, targets: np.ndarray, masks: np.nd
     if entry["task"] == "multiclass":
         keep = masks[:, 0] > 0
         out["accuracy"] = float((scores[keep].argmax(1) == targets[keep].argmax(1)).mean()) if keep.any() else float("nan")
+    out["loss"] = task_loss_of(scores, targets, masks, task=entry["task"])
     return out
+
+
+def task_loss_of(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, *, task: str) -> float:
+    """The training loss (`method.task_loss`) from predicted probabilities: the masked mean BCE, or
+    for a multi-class head the masked mean cross-entropy; probabilities clipped to [1e-7, 1 - 1e-7]."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    if task == "multiclass":
+        per_sample, weight = -(targets * np.log(p)).sum(1), masks[:, 0]
+        return float((per_sample * weight).sum() / max(weight.sum(), 1.0))
+    per_label = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    return float((per_label * masks).sum() / max(masks.sum(), 1.0))
 
 
 @torch.no_grad()

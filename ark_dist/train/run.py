@@ -43,6 +43,12 @@ def preflight(cfg: Config) -> None:
         metric_classes(entry, cfg.data)  # a headline class the manifest lacks
     for line in canvas_warnings(entries, load_size=cfg.data.views.load_size):
         log.warning(line)
+    if cfg.data.train_only:
+        from ark_dist.data.stream import train_only
+
+        for name, keys in train_only(cfg.data.train_only).items():
+            if name in cfg.data.datasets:
+                log.warning("data.train_only=%s: %s trains on %d samples", cfg.data.train_only, name, len(keys))
     if cfg.data.exclude:
         from ark_dist.data.stream import excluded
 

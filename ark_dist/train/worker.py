@@ -19,6 +19,7 @@ import torch
 from ark_dist.config import Config, to_dict
 from ark_dist.configtree import from_dict
 from ark_dist.data import Cursor, DataMeter, RunLoader, Store, dataset_entry, read_manifest
+from ark_dist.data.stream import subset_entries
 from ark_dist.method import ArkSchedule, make_teacher
 from ark_dist.model import ArkModel, load_pretrained
 from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
@@ -67,7 +68,7 @@ class Run:
         store = Store(cfg.data.store)
         self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
         manifest = read_manifest(store)
-        self.entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
+        self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
         for entry in self.entries:
             metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
         self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order, saved with every checkpoint
@@ -299,4 +300,9 @@ def train_loop(config: dict) -> None:
     engines.cpu_threads(cfg)
     quiet_report_lines()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
-    Run(cfg).fit()
+    if cfg.finetune.target is not None:  # a fine-tune (launch.py finetune) rather than Ark's pretraining
+        from ark_dist.reuse.finetune import FineTune
+
+        FineTune(cfg).fit()
+    else:
+        Run(cfg).fit()

@@ -1,0 +1,409 @@
+"""`launch.py finetune --config configs/finetune/<recipe>.yaml [key=value ...]`: transfer to one
+dataset with BenchmarkTransformers' protocol (the `finetune` section, README "Reuse").
+
+A fine-tune is a training run of the same stack: `launch.py train` runs one whenever
+`finetune.target` is set (so `tune` sweeps it and a re-run resumes it), with `FineTune` in place of
+Ark's `Run` on every worker:
+- the model is the backbone of `finetune.init` with a new linear head for the target (BenchmarkTransformers
+  replaces the classifier; Ark's projector and heads are left out, and the log names them);
+- an epoch is one pass over the target's train split (`data.sampling`), the loss its task loss;
+- after every epoch the validation split (centre crop) gives the loss that picks the best epoch and
+  stops the run once more than `finetune.patience` epochs in a row brought no lower one;
+- at the end the best epoch's weights score the test split (ten crops, probabilities averaged).
+
+This command runs `finetune.trials` such runs (seeds `train.seed + i`) under
+`<train.storage_path>/<train.name>/trial-<i>` and writes the table of their test AUCs, per class and
+the mean +- std over trials, to `finetune.md` and `finetune.json` beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ark_dist.config import Config, load, to_dict
+from ark_dist.fs import filesystem, join, write_atomic
+
+RESULTS = "results.json"  # a trial's final figures, in its run folder
+BEST = "best.safetensors"  # the best epoch's model, in a checkpoint and (exported) in the run folder
+SUBSET = "train_subset.txt"  # the `<dataset>/<id>` keys of `finetune.train_subset`, beside the trials
+TABLE, SUMMARY = "finetune.md", "finetune.json"
+
+
+# -- the model ---------------------------------------------------------------------------------
+def finetune_model(cfg: Config, *, labels: list[str], log=print):
+    """The backbone of `finetune.init` and a new linear head `{target: len(labels)}` on its pooled
+    features (seeded by the caller's torch RNG). The init's projector and heads are named as unused."""
+    from ark_dist.model import ArkModel
+    from ark_dist.reuse.init import load_model
+
+    target = cfg.finetune.target
+    with torch.random.fork_rng(devices=[]):  # the head's initialisation depends on the seed alone
+        source, heads = load_model(cfg.finetune.init, model=cfg.model, heads={target: labels}, log=log)
+    model = ArkModel(dataclasses.replace(source.config, projector="none"), heads={target: len(labels)})
+    model.backbone.load_state_dict(source.backbone.state_dict())
+    unused = [name for name, _ in source.named_parameters() if not name.startswith("backbone.")]
+    if cfg.finetune.init != "random":
+        log(f"fine-tune: backbone of {cfg.finetune.init} ({len(source.backbone.state_dict())} tensors); "
+            f"a new head for {target} ({len(labels)} classes); not used: {', '.join(unused) or 'nothing'}")
+    return model.train()
+
+
+# -- the worker --------------------------------------------------------------------------------
+class FineTune:
+    """One rank of a fine-tuning run."""
+
+    def __init__(self, cfg: Config):
+        import hashlib
+
+        import ray.train
+
+        from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, read_manifest
+        from ark_dist.data.stream import round_steps, subset_entries
+        from ark_dist.train import engine as engines
+        from ark_dist.train.worker import LOG
+
+        self.cfg, self.logger = cfg, LOG
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
+        store = Store(cfg.data.store)
+        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
+        target = cfg.finetune.target
+        entry = dataset_entry(read_manifest(store), target, splits=("train", "val", "test"))
+        self.entry = subset_entries([entry], cfg.data)[0]
+        self.labels = {target: list(entry["labels"])}
+        torch.manual_seed(cfg.train.seed)
+        model = finetune_model(cfg, labels=self.labels[target], log=self.log)
+        if cfg.finetune.freeze == "backbone":
+            model.backbone.requires_grad_(False)
+        self.steps = round_steps(self.entry, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
+        self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
+        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro,
+                                    total_steps=cfg.train.epochs * self.steps,
+                                    warmup_steps=int(cfg.optim.warmup_epochs * self.steps))
+        self.cursor, self.meter, self.history = Cursor(), DataMeter(), []
+        self.best: dict | None = None  # {"epoch", "loss", "tensors"}: the epoch of the lowest validation loss
+        self.waited = 0  # epochs since the best one
+        self.stopped = False  # early stopping ended the epochs
+
+    def log(self, line: str) -> None:
+        if self.rank == 0:
+            self.logger.info("[ark-dist] %s", line)
+
+    def train_mode(self) -> None:
+        """Training mode, except a frozen backbone: it stays in eval mode (no stochastic depth)."""
+        self.engine.module.train()
+        if self.cfg.finetune.freeze == "backbone":
+            self.engine.module.backbone.eval()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        best = None if self.best is None else {k: v for k, v in self.best.items() if k != "tensors"}
+        return {"cursor": {"epoch": epoch, "round": 0, "step": 0}, "labels": self.labels,
+                "manifest_sha256": self.manifest_sha256, "config": to_dict(self.cfg), "finetune": {
+                    "best": best, "waited": self.waited, "stopped": self.stopped}}
+
+    def save(self, epoch: int, metrics: dict) -> None:
+        import tempfile
+        from pathlib import Path
+
+        import ray.train
+        from safetensors.torch import save_file
+
+        from ark_dist.train.worker import HISTORY, STATE
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.engine.save_checkpoint(folder, tag="engine")
+            if self.rank == 0:
+                save_file(self.best["tensors"], f"{folder}/{BEST}")
+                Path(folder, STATE).write_text(json.dumps(self.state(epoch), indent=1))
+                Path(folder, HISTORY).write_text("".join(json.dumps(row) + "\n" for row in self.history))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def restore(self) -> None:
+        from pathlib import Path
+
+        import ray.train
+        from safetensors.torch import load_file
+
+        from ark_dist.data import Cursor
+        from ark_dist.track.runfolder import run_url
+        from ark_dist.train import safeload
+        from ark_dist.train.resume import recorded_checkpoint
+        from ark_dist.train.worker import HISTORY, STATE
+
+        checkpoint = ray.train.get_checkpoint() or recorded_checkpoint(run_url(self.cfg))
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            safeload.guard(self.engine)
+            loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
+            if loaded is None:
+                raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
+            state = json.loads(Path(folder, STATE).read_text())
+            if state.get("labels") != self.labels or "finetune" not in state:
+                raise ValueError(f"checkpoint {checkpoint.path} is not a fine-tune of {list(self.labels)}; "
+                                 f"start a new run name")
+            progress = state["finetune"]
+            self.best = {**progress["best"], "tensors": load_file(f"{folder}/{BEST}")}
+            self.waited, self.stopped = progress["waited"], progress["stopped"]
+            self.cursor = Cursor(**state["cursor"])
+            self.history = [json.loads(line) for line in Path(folder, HISTORY).read_text().splitlines()]
+        self.log(f"resumed at epoch {self.cursor.epoch}")
+
+    # -- training ------------------------------------------------------------------------------
+    def optimizer_step(self, batch: dict) -> float:
+        from ark_dist.data import render
+        from ark_dist.method import task_loss
+        from ark_dist.train.step import micro_batches
+
+        target, kind = self.cfg.finetune.target, self.entry["task"]
+        total = 0.0
+        parts = micro_batches(batch, self.cfg.engine.grad_accum)
+        for micro in parts:
+            images = render(micro["image"].to(self.device), theta=micro["theta_student"].to(self.device),
+                            size=self.cfg.data.views.image_size, photo=micro["photo"].to(self.device))
+            logits = self.engine(images.to(self.dtype), heads=[target]).logits[target]
+            loss = task_loss(logits, target=micro["target"].to(self.device), mask=micro["mask"].to(self.device),
+                             task=kind)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.item()
+        return total / len(parts)
+
+    def score(self, model: torch.nn.Module, split: str) -> dict:
+        """`train.evaluate.evaluate` of `model` on `split`: validation through the centre crop, the
+        test split through ten crops (`finetune.test_ten_crop`)."""
+        from ark_dist.train.evaluate import evaluate
+
+        views = dataclasses.replace(self.cfg.data.views, ten_crop=split == "test" and self.cfg.finetune.test_ten_crop)
+        data = dataclasses.replace(self.cfg.data, views=views)
+        model.eval()
+        try:
+            return evaluate({"model": model}, self.entry, split, data_config=data, seed=self.cfg.train.seed,
+                            rank=self.rank, world=self.world, batch_size=self.micro, device=self.device,
+                            dtype=self.dtype)["model"]
+        finally:
+            self.train_mode()
+
+    def best_model(self) -> torch.nn.Module:
+        """The best epoch's weights in a plain fp32 model (any ZeRO stage)."""
+        from ark_dist.model import ArkModel
+
+        model = ArkModel(self.engine.module.config, heads={self.cfg.finetune.target: len(self.entry["labels"])})
+        model.load_state_dict(self.best["tensors"])
+        return model.to(self.device)
+
+    def fit(self) -> None:
+        import ray.train
+
+        from ark_dist.data import RunLoader
+        from ark_dist.track.runfolder import memory_metrics, run_id, run_url, write_config, write_metrics
+        from ark_dist.track.tracker import open_tracker
+        from ark_dist.train.engine import gathered_parameters
+        from ark_dist.train.worker import tensors
+
+        cfg, target = self.cfg, self.cfg.finetune.target
+        self.restore()
+        if self.rank == 0:
+            write_config(cfg)
+        tracker = open_tracker(cfg, rank=self.rank, run_dir=run_url(cfg), run_id=run_id(cfg))
+        self.train_mode()
+        epochs = range(self.cursor.epoch, 0 if self.stopped else cfg.train.epochs)
+        loader = RunLoader(entries=[self.entry], interleaved=False, config=cfg.data, seed=cfg.train.seed,
+                           cursor=self.cursor, rank=self.rank, world=self.world, global_batch=cfg.train.global_batch,
+                           epochs=cfg.train.epochs) if len(epochs) else None
+        for epoch in epochs:
+            losses = [self.optimizer_step(batch) for batch in self.meter.wrap(loader.round(epoch, 0))]
+            val = self.score(self.engine.module, "val")
+            if self.best is None or val["loss"] < self.best["loss"]:
+                with gathered_parameters(self.engine):
+                    self.best = {"epoch": epoch, "loss": val["loss"], "tensors": tensors(self.engine.module)}
+                self.waited = 0
+            else:
+                self.waited += 1
+            self.stopped = self.waited > cfg.finetune.patience  # BenchmarkTransformers' rule
+            metrics = {f"loss/{target}": float(np.mean(losses)) if losses else float("nan"),
+                       f"val_loss/{target}": val["loss"], f"auc/val/{target}/student": val["auc"],
+                       "auc/val/mean/student": val["auc"], "best/epoch": self.best["epoch"],
+                       "best/val_loss": self.best["loss"], "early_stop/waited": self.waited,
+                       "lr": self.engine.get_lr()[0], "optim/steps": self.engine.global_steps, "epoch": epoch,
+                       "epochs_done": epoch + 1, **memory_metrics(self.device), **self.meter.metrics()}
+            self.log(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+            self.history.append({"step": (epoch + 1) * self.steps, "time": time.time(), **metrics})
+            if self.rank == 0:
+                write_metrics(cfg, self.history)
+            tracker.log(metrics, step=(epoch + 1) * self.steps)
+            done = epoch + 1
+            if done % cfg.train.checkpoint_rounds == 0 or done == cfg.train.epochs or self.stopped:
+                self.save(done, metrics)
+            else:
+                ray.train.report(metrics)
+            if self.stopped:
+                self.log(f"early stop after epoch {epoch}: no lower validation loss for {self.waited} epochs "
+                         f"(best: epoch {self.best['epoch']}, {self.best['loss']:.4g})")
+                break
+        if loader is not None:
+            loader.close()
+        self.finish(tracker)
+
+    def finish(self, tracker) -> None:
+        """The best epoch's model on the validation and test splits; rank 0 writes `results.json`
+        and the model as an ark-dist export (`best.safetensors`) into the run folder."""
+        import ray.train
+
+        from ark_dist.track.runfolder import run_url, write_metrics
+
+        cfg, target = self.cfg, self.cfg.finetune.target
+        model = self.best_model()
+        test, val = self.score(model, "test"), self.score(model, "val")
+        results = {"target": target, "seed": cfg.train.seed, "best_epoch": self.best["epoch"],
+                   "best_val_loss": self.best["loss"], "stopped_early": self.stopped,
+                   "epochs_trained": len(self.history), "val": val, "test": test}
+        metrics = {f"auc/test/{target}/best": test["auc"], f"auc/val/{target}/best": val["auc"],
+                   **{f"test/{k}": v for k, v in test.items()}, "best/epoch": self.best["epoch"],
+                   "epochs_done": len(self.history)}
+        if self.rank == 0:
+            from safetensors.torch import save
+
+            from ark_dist.export import exported_tensors, metadata
+
+            state = self.state(self.best["epoch"] + 1)
+            meta = metadata(model, state, source=run_url(cfg), which="finetuned")
+            write_atomic(join(run_url(cfg), BEST), save(exported_tensors(model.cpu()), metadata=meta))
+            write_atomic(join(run_url(cfg), RESULTS), json.dumps(results, indent=1).encode())
+            self.history.append({"step": len(self.history) * self.steps, "time": time.time(), **metrics})
+            write_metrics(cfg, self.history)
+        tracker.log(metrics, step=len(self.history) * self.steps)
+        tracker.finish()
+        ray.train.report(metrics)
+
+
+# -- the driver --------------------------------------------------------------------------------
+def subset_keys(store, entry: dict, *, size: float, seed: int) -> list[str]:
+    """`<dataset>/<id>` keys of the training patients' subset: `size` patients (a count >= 1) or
+    that share of them (a fraction, rounded up), taken in the order a seeded shuffle of the sorted
+    patient ids gives, so a smaller subset is a prefix of a larger one. Patients and splits come
+    from the split file the build wrote (`provenance.split_file`)."""
+    import csv
+    import io
+
+    split_file = entry.get("provenance", {}).get("split_file")
+    if not split_file:
+        raise ValueError(f"finetune.train_subset: the manifest names no split file for {entry['name']}")
+    patients: dict[str, list[str]] = {}
+    for row in csv.DictReader(io.StringIO(store.read_bytes(split_file).decode())):
+        if row["split"] == "train":
+            patients.setdefault(row["patient"], []).append(row["id"])
+    order = sorted(patients)
+    random.Random(seed).shuffle(order)
+    count = int(size) if size >= 1 else math.ceil(size * len(order))
+    if count > len(order):
+        raise ValueError(f"finetune.train_subset={size:g}: {entry['name']} has {len(order)} training patients")
+    return [f"{entry['name']}/{i}" for patient in order[:count] for i in sorted(patients[patient])]
+
+
+def trial_config(cfg: Config, index: int, *, train_only: str | None) -> Config:
+    """Trial `index`: seed `train.seed + index`, run folder `<storage>/<name>/trial-<index>`."""
+    base = join(cfg.train.storage_path, cfg.train.name)
+    train = dataclasses.replace(cfg.train, seed=cfg.train.seed + index, storage_path=base, name=f"trial-{index}")
+    tracking = dataclasses.replace(cfg.tracking, group=cfg.tracking.group or cfg.train.name,
+                                   run_name=cfg.tracking.run_name or f"{cfg.train.name}-trial-{index}")
+    data = dataclasses.replace(cfg.data, train_only=train_only) if train_only else cfg.data
+    return dataclasses.replace(cfg, train=train, tracking=tracking, data=data)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (numpy's default, as BenchmarkTransformers reports trials)."""
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summary(results: list[dict], *, labels: list[str], metric: str = "auc") -> tuple[str, dict]:
+    """(markdown table, JSON) of the trials' test figures: one row per trial with the headline AUC
+    and each class's, then the mean and std over trials."""
+    classes = [c for c in labels if any(f"auc_class/{c}" in r["test"] for r in results)]
+    extra = ["accuracy"] if any("accuracy" in r["test"] for r in results) else []
+    head = ["trial", "seed", "best epoch", "mean AUC", *extra, *classes]
+    rows = [[str(i), str(r["seed"]), str(r["best_epoch"]), f"{r['test'][metric]:.4f}",
+             *[f"{r['test'][k]:.4f}" for k in extra],
+             *[f"{r['test'].get(f'auc_class/{c}', float('nan')):.4f}" for c in classes]] for i, r in enumerate(results)]
+    columns = {"mean AUC": [r["test"][metric] for r in results], **{k: [r["test"][k] for r in results] for k in extra},
+               **{c: [r["test"].get(f"auc_class/{c}", float("nan")) for r in results] for c in classes}}
+    stats = {name: mean_std(values) for name, values in columns.items()}
+    rows.append(["mean ± std", "", "", *[f"{stats[n][0]:.4f} ± {stats[n][1]:.4f}" for n in columns]])
+    table = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                       *["| " + " | ".join(row) + " |" for row in rows]]) + "\n"
+    return table, {"trials": results, "mean_std": {n: {"mean": m, "std": s} for n, (m, s) in stats.items()}}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="launch.py finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="a fine-tune recipe from configs/finetune/")
+    p.add_argument("--verbose", action="store_true", help="print Ray's and the workers' log lines as they come")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. finetune.init=out/demo/teacher.safetensors")
+    args = p.parse_args(argv)
+    from ark_dist.data import ShardReadError, Store, dataset_entry, read_manifest
+
+    try:
+        cfg = load(args.config, args.overrides)
+        if cfg.finetune.target is None:
+            raise ValueError("finetune.target is not set: name the dataset to fine-tune on (a recipe from "
+                             "configs/finetune/ sets it)")
+        from ark_dist.reuse.init import labels_of
+        from ark_dist.train.run import preflight, start_ray
+
+        preflight(cfg)
+        if cfg.finetune.init != "random":
+            labels_of(cfg.finetune.init)  # an ark-dist run or export that is not there fails here
+        store = Store(cfg.data.store)
+        entry = dataset_entry(read_manifest(store), cfg.finetune.target, splits=("train", "val", "test"))
+        base = join(cfg.train.storage_path, cfg.train.name)
+        subset = None
+        if cfg.finetune.train_subset is not None:
+            keys = subset_keys(store, entry, size=cfg.finetune.train_subset, seed=cfg.finetune.subset_seed)
+            subset = join(base, SUBSET)
+            write_atomic(subset, "".join(k + "\n" for k in keys).encode())
+            print(f"train subset: {len(keys)} images of {cfg.finetune.train_subset:g} patients -> {subset}")
+    except (ValueError, ShardReadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ray.train import TrainingFailedError
+
+    from ark_dist.train.cli import failure
+    from ark_dist.train.console import fit_on_console
+
+    start_ray(verbose=args.verbose)
+    results = []
+    for index in range(cfg.finetune.trials):
+        trial = trial_config(cfg, index, train_only=subset)
+        folder = join(trial.train.storage_path, trial.train.name)
+        try:
+            error = fit_on_console(trial, verbose=args.verbose).error
+        except (ValueError, ShardReadError) as exc:  # the cluster cannot hold the workers, a store it cannot read
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except TrainingFailedError as exc:
+            error = exc
+        if error:
+            print(f"error: fine-tune trial {index} failed: {failure(error, run_folder=folder)}", file=sys.stderr)
+            return 1
+        fs, path = filesystem(join(folder, RESULTS))
+        results.append(json.loads(fs.cat_file(path)))
+    table, data = summary(results, labels=list(entry["labels"]))
+    title = (f"{cfg.finetune.target}: {cfg.finetune.trials} trial(s) from {cfg.finetune.init}, "
+             f"freeze {cfg.finetune.freeze}, test split (best epoch by validation loss)\n\n")
+    write_atomic(join(base, TABLE), (title + table).encode())
+    write_atomic(join(base, SUMMARY), json.dumps(data, indent=1).encode())
+    print(title + table, end="")
+    print(f"wrote {join(base, TABLE)}, {join(base, SUMMARY)}, and per trial {RESULTS}, {BEST}")
+    return 0
