@@ -219,3 +219,42 @@ def clean(six_store, tmp_path_factory):
         text = faultruns.finish(proc, runs / "driver.log")
     assert not faultruns.resumed(text)
     return faultruns.final_teacher(runs / "clean"), faultruns.round_starts(runs / "clean")
+
+
+@pytest.fixture(scope="session")
+def signal_store(tmp_path_factory):
+    """A Shenzhen-layout set whose label shows: every TB-positive image carries horizontal stripes
+    (a texture that any crop, shift or rotation keeps), the negatives do not. 160 images, so the
+    seeded val and test splits hold about 16 each."""
+    import numpy as np
+
+    from shards import synth
+
+    raw, rng = tmp_path_factory.mktemp("signal"), np.random.default_rng(0)
+    stripes = 0.25 * np.sign(np.sin(2 * np.pi * np.arange(64) / 8))[:, None]
+    for i in range(160):
+        pixels = synth.radiograph(rng, 64, 64)
+        synth.write_png8(raw / "CXR_png" / f"CHNCXR_{i + 1:04d}_{i % 2}.png",
+                         np.clip(pixels + stripes, 0, 1) if i % 2 else pixels)
+    out = tmp_path_factory.mktemp("signalstore")
+    code, _, err = run_shards("build", "--source", "shenzhen", "--root", raw, "--out", out, "--quiet",
+                              "--workers", "1", "--samples-per-shard", "16", "--max-side", "64")
+    assert code == 0, err
+    return out
+
+
+def tiny_export(path: Path, labels: dict[str, list[str]], *, seed: int) -> str:
+    """A tiny Swin with these heads (random weights), exported as `launch.py export` writes it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ark_dist.export import exported_tensors, metadata
+    from ark_dist.model import ArkModel
+    from ark_dist.model.config import ModelConfig
+
+    torch.manual_seed(seed)
+    model = ArkModel(ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY_SWIN, projector_dim=32),
+                     heads={k: len(v) for k, v in labels.items()})
+    state = {"labels": labels, "cursor": {"epoch": 1, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
+    save_file(exported_tensors(model), path, metadata=metadata(model, state, source="test", which="teacher"))
+    return str(path)

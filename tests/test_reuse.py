@@ -13,13 +13,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import look_alike, run_shards
+from conftest import look_alike, run_shards, tiny_export
 from ark_dist.data import DataConfig, EvalLoader, Store, StoreConfig, read_manifest
 from ark_dist.data.config import ViewConfig
 from ark_dist.data.views import render_eval
-from ark_dist.export import exported_tensors, metadata
-from ark_dist.model import ArkModel
-from ark_dist.model.config import ModelConfig
 from ark_dist.reuse import embed, zeroshot
 from ark_dist.reuse.init import load_model
 
@@ -46,18 +43,6 @@ def store(synth_root, tmp_path_factory) -> Path:
                                   "--max-side", "96", "--samples-per-shard", "4")
         assert code == 0, err
     return out
-
-
-def tiny_export(path: Path, labels: dict[str, list[str]], *, seed: int) -> str:
-    """A tiny Swin with these heads (random weights), exported as `launch.py export` writes it."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    model = ArkModel(ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY, projector_dim=32),
-                     heads={k: len(v) for k, v in labels.items()})
-    state = {"labels": labels, "cursor": {"epoch": 1, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
-    save_file(exported_tensors(model), path, metadata=metadata(model, state, source="test", which="teacher"))
-    return str(path)
 
 
 def _labels(store: Path, dataset: str) -> list[str]:

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -207,26 +206,6 @@ def test_the_run_folder_holds_metrics_config_and_one_wandb_run_from_rank_0(six_d
 
 def row_name(row: dict) -> str:
     return ALL[row["round"]]
-
-
-@pytest.fixture(scope="module")
-def signal_store(tmp_path_factory):
-    """A Shenzhen-layout set whose label shows: every TB-positive image carries horizontal stripes
-    (a texture that any crop, shift or rotation keeps), the negatives do not. 160 images, so the
-    seeded val and test splits hold about 16 each."""
-    from shards import synth
-
-    raw, rng = tmp_path_factory.mktemp("signal"), np.random.default_rng(0)
-    stripes = 0.25 * np.sign(np.sin(2 * np.pi * np.arange(64) / 8))[:, None]
-    for i in range(160):
-        pixels = synth.radiograph(rng, 64, 64)
-        synth.write_png8(raw / "CXR_png" / f"CHNCXR_{i + 1:04d}_{i % 2}.png",
-                         np.clip(pixels + stripes, 0, 1) if i % 2 else pixels)
-    out = tmp_path_factory.mktemp("signalstore")
-    code, _, err = run_shards("build", "--source", "shenzhen", "--root", raw, "--out", out, "--quiet",
-                              "--workers", "1", "--samples-per-shard", "16", "--max-side", "64")
-    assert code == 0, err
-    return out
 
 
 @pytest.mark.slow
