@@ -198,3 +198,17 @@ def test_the_constant_schedule_holds_the_lr_after_its_warmup():
     assert lr_at(0, total=100, warmup=10, lr=0.3, min_lr=0.0, schedule="constant") == pytest.approx(0.03)
     assert [lr_at(s, total=100, warmup=10, lr=0.3, min_lr=0.0, schedule="constant") for s in (10, 50, 99, 150)] \
         == [0.3] * 4
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/finetune/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_finetune_recipe_is_benchmark_transformers_protocol_on_its_dataset(path):
+    cfg = load(str(path))
+    if path.stem not in ("benchmark", "demo"):
+        assert cfg.finetune.target == path.stem and cfg.data.datasets == [path.stem] and cfg.train.name == path.stem
+    o, v = cfg.optim, cfg.data.views
+    assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.01, 0.9, False, 0.0)
+    assert (v.hflip_p, v.rotate_deg, v.shift, v.scale, v.shift_scale_rotate_p, v.photometric_p) == (0.5, 7, 0, 0, 1, 0)
+    assert v.eval_crop == 224 / 256 and cfg.finetune.test_ten_crop and cfg.train.eval_every == 1
+    if path.stem != "demo":
+        assert (cfg.train.global_batch, cfg.finetune.patience, v.image_size, v.crop_scale) == (64, 10, 224, (0.08, 1.0))
