@@ -3,7 +3,9 @@
 RUN is a run folder (local or s3://) holding `metrics.jsonl`, one JSON object per training round
 (ark_dist/track/runfolder.py). Out come losses.png (loss/<dataset> solid, loss/task dashed, against
 step), auc.png (a panel per dataset and the mean: teacher and student, val solid and test dashed,
-against epochs done), schedule.png (lr, ema/momentum, consistency/coef against step) and summary.md.
+against epochs done), schedule.png (lr, ema/momentum, consistency/coef against step), subgroups.png
+(each dataset's headline AUC per sex, age band and view at the last evaluation that has them:
+teacher, test split) and summary.md.
 All is drawn in a temporary folder and renamed into place, so every file is whole or absent; a user
 mistake (no folder, no metrics, a bad line) is one `error:` line and exit code 2."""
 
@@ -27,11 +29,11 @@ from ark_dist.fs import filesystem, is_local, join
 
 # ark_dist.track.runfolder.METRICS, not imported: that module pulls in torch through the config tree.
 METRICS = "metrics.jsonl"
-FILES = ("losses.png", "auc.png", "schedule.png", "summary.md")
+FILES = ("losses.png", "auc.png", "schedule.png", "subgroups.png", "summary.md")
 SCHEDULE = ("lr", "ema/momentum", "consistency/coef")
 # The keys read here must hold numbers where present; any other key may hold anything.
 NUMERIC_KEYS = ("step", "epochs_done", "throughput/img_per_s", "time/data_wait_pct", *SCHEDULE)
-NUMERIC_PREFIXES = ("loss/", "auc/", "auc_all/", "data/skipped/")
+NUMERIC_PREFIXES = ("loss/", "auc/", "auc_all/", "auc_group/", "auc_gap/", "data/skipped/")
 # AUC families: `auc` over a dataset's headline classes (data.metric_labels), `auc_all` over all
 # of them where those differ.
 AUC_FAMILIES = {"auc": "", "auc_all": " (all classes)"}
@@ -176,11 +178,58 @@ def _schedule(rows: list[dict]) -> Figure:
     return figure
 
 
+def group_aucs(rows: list[dict]) -> tuple[dict, dict[str, dict[str, dict[str, float]]]]:
+    """(row, {dataset: {attribute: {group: AUC}}}) of the last row with subgroup AUCs of the
+    teacher on the test split (`auc_group/test/<dataset>/teacher/<attribute>=<group>`), gaps under
+    the group "gap"; ({}, {}) when no row has them."""
+    prefix = "auc_group/test/"
+    row = next((r for r in reversed(rows) if any(k.startswith(prefix) and k.split("/")[3] == "teacher" for k in r)), {})
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in row.items():
+        parts = key.split("/")
+        if key.startswith(prefix) and len(parts) == 5 and parts[3] == "teacher":
+            attribute, group = parts[4].split("=", 1)
+            out.setdefault(parts[2], {}).setdefault(attribute, {})[group] = value
+    for key, value in row.items():
+        parts = key.split("/")
+        if key.startswith("auc_gap/test/") and len(parts) == 5 and parts[3] == "teacher" and parts[2] in out:
+            out[parts[2]].setdefault(parts[4], {})["gap"] = value
+    return row, out
+
+
+def _subgroups(rows: list[dict]) -> Figure:
+    _, groups = group_aucs(rows)
+    figure = _figure(figsize=(4.5 * max(1, min(3, len(groups))), 3.2 * max(1, math.ceil(len(groups) / 3))))
+    axes = figure.subplots(max(1, math.ceil(len(groups) / 3)), max(1, min(3, len(groups))), squeeze=False).ravel()
+    if not groups:
+        axes[0].text(0.5, 0.5, "no subgroup facts (sex, age, view) evaluated", ha="center", va="center")
+        axes[0].set_axis_off()
+        return figure
+    for ax, (dataset, attributes) in zip(axes, groups.items()):
+        names, x = [], 0
+        for index, (attribute, values) in enumerate(attributes.items()):
+            shown = [(g, v) for g, v in values.items() if g != "gap"]
+            xs = list(range(x, x + len(shown)))
+            ax.plot(xs, [v for _, v in shown], "o", color=f"C{index % 10}", label=attribute,
+                    gid=f"auc_group/test/{dataset}/teacher/{attribute}")
+            names += [g for g, _ in shown]
+            x += len(shown) + 1
+            names.append("")
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize="small")
+        ax.set(title=f"{dataset} (teacher, test)", ylabel="ROC-AUC")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[len(groups):]:
+        figure.delaxes(ax)
+    return figure
+
+
 def draw(rows: list[dict], out_dir: Path) -> Series:
-    """losses.png, auc.png and schedule.png into `out_dir`. Returns, per file, the series drawn as
-    read back from its lines: metric key (e.g. `auc/val/chexpert/teacher`) -> (x, y)."""
+    """losses.png, auc.png, schedule.png and subgroups.png into `out_dir`. Returns, per file, the
+    series drawn as read back from its lines: metric key (e.g. `auc/val/chexpert/teacher`) -> (x, y)."""
     series: Series = {}
-    for name, figure in (("losses.png", _losses(rows)), ("auc.png", _aucs(rows)), ("schedule.png", _schedule(rows))):
+    for name, figure in (("losses.png", _losses(rows)), ("auc.png", _aucs(rows)), ("schedule.png", _schedule(rows)),
+                         ("subgroups.png", _subgroups(rows))):
         figure.savefig(out_dir / name, dpi=100)
         series[name] = {line.get_gid(): ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
                         for ax in figure.axes for line in ax.get_lines()}
@@ -235,6 +284,14 @@ def summary(rows: list[dict], *, run: str) -> str:
         lines += ["", "ROC-AUC at the last evaluation; epochs count epochs done (2 = after the second epoch).", ""]
     else:
         lines += ["No evaluation in this run yet.", ""]
+    row, groups = group_aucs(rows)
+    if groups:
+        lines += [f"Subgroups at epoch {row['epochs_done']:g} (teacher, test split; the headline AUC of each group's "
+                  "samples; gap = best - worst group, unknown left out; per class with 95 % intervals: the run "
+                  "folder's subgroups.md):", "", "| dataset | attribute | group | AUC |", "|---|---|---|---:|"]
+        lines += [f"| {dataset} | {attribute} | {group} | {_fmt(value)} |" for dataset, attributes in groups.items()
+                  for attribute, values in attributes.items() for group, value in values.items()]
+        lines.append("")
     last = rows[-1]
     counts = skipped(rows)
     lines += [f"- run length: {last['epochs_done']:g} epochs, {last['step']} steps",

@@ -205,10 +205,44 @@ def test_the_constant_schedule_holds_the_lr_after_its_warmup():
 def test_every_finetune_recipe_is_benchmark_transformers_protocol_on_its_dataset(path):
     cfg = load(str(path))
     if path.stem not in ("benchmark", "demo"):
-        assert cfg.finetune.target == path.stem and cfg.data.datasets == [path.stem] and cfg.train.name == path.stem
+        assert cfg.data.datasets == [cfg.finetune.target] and cfg.train.name == path.stem
+        assert cfg.finetune.target == path.stem or (path.stem.startswith(cfg.finetune.target) and cfg.finetune.train_where)
     o, v = cfg.optim, cfg.data.views
     assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.01, 0.9, False, 0.0)
     assert (v.hflip_p, v.rotate_deg, v.shift, v.scale, v.shift_scale_rotate_p, v.photometric_p) == (0.5, 7, 0, 0, 1, 0)
     assert v.eval_crop == 224 / 256 and cfg.finetune.test_ten_crop and cfg.train.eval_every == 1
     if path.stem != "demo":
         assert (cfg.train.global_batch, cfg.finetune.patience, v.image_size, v.crop_scale) == (64, 10, 224, (0.08, 1.0))
+
+
+def test_train_where_keeps_the_training_samples_whose_facts_match_and_composes_with_a_subset(six_store, tmp_path):
+    from conftest import read_store_samples
+
+    store = Store(StoreConfig(url=str(six_store)))
+    entry = read_manifest(store)["chestxray14"]
+    facts = read_store_samples(six_store, "chestxray14")
+    female = {f"chestxray14/{i}" for i, f in facts.items() if f["_split"] == "train" and f.get("sex") == "F"}
+    assert 0 < len(female) < sum(f["_split"] == "train" for f in facts.values())
+    assert set(finetune.where_keys(store, entry, {"sex": ["F"]})) == female
+    cfg = load(None, [f"data.store.url={six_store}", "data.datasets=[chestxray14]", "finetune.target=chestxray14",
+                      "finetune.train_subset=0.75", "finetune.train_where={sex: [F]}"])
+    url = finetune.training_subset(cfg, store, entry, str(tmp_path))
+    patients = set(finetune.subset_keys(store, entry, size=0.75, seed=0))
+    assert set(Path(url).read_text().split()) == patients & female
+    with pytest.raises(ValueError, match="no training sample of chestxray14 is left by sex in \\['X'\\]"):
+        finetune.training_subset(load(None, [f"data.store.url={six_store}", "data.datasets=[chestxray14]",
+                                             "finetune.target=chestxray14", "finetune.train_where={sex: [X]}"]),
+                                 store, entry, str(tmp_path))
+    with pytest.raises(ValueError, match="train_where"):
+        load(None, ["finetune.train_where={race: [x]}"])
+
+
+def test_the_trials_table_gives_each_subgroup_mean_and_std_over_trials():
+    results = [{"seed": i, "best_epoch": 3, "test": {"auc": a, "auc_class/A": a, "groups": g}}
+               for i, (a, g) in enumerate([(0.8, {"sex=F": 0.9, "sex=M": 0.7, "gap/sex": 0.2}),
+                                           (0.6, {"sex=F": 0.8, "sex=M": 0.75, "gap/sex": 0.05})])]
+    table, data = finetune.summary(results, labels=["A"])
+    f = (statistics.fmean([0.9, 0.8]), statistics.pstdev([0.9, 0.8]))
+    assert f"| sex=F | 2 | {f[0]:.4f} ± {f[1]:.4f} |" in table
+    assert data["mean_std"]["group gap/sex"]["mean"] == pytest.approx(0.125)
+    assert data["mean_std"]["mean AUC"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.1)}

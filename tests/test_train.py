@@ -167,6 +167,37 @@ def test_two_workers_train_all_six_datasets_evaluate_and_checkpoint(six_datasets
 
 
 @pytest.mark.slow
+def test_the_final_evaluation_breaks_the_auc_down_by_sex_age_and_view(six_datasets, tiny_store):
+    """Every evaluation logs each group's headline AUC and the gaps; the final one also writes the
+    teacher's per-class table with intervals (subgroups.json/.md): its groups hold exactly the test
+    samples each class evaluates, counted here from the store's own facts."""
+    from ark_dist.config import Config
+    from ark_dist.configtree import from_dict
+
+    last, run = _history(six_datasets)[-1], Path(six_datasets.path)
+    config = from_dict(Config, json.loads((Path(six_datasets.checkpoint.path) / "state.json").read_text())["config"])
+    tables = json.loads((run / "subgroups.json").read_text())
+    assert "chestxray14" in tables and "rsna_pneumonia" not in tables  # rsna's samples carry no sex, age or view
+    assert not any(k.startswith("auc_group/test/rsna_pneumonia/") for k in last)
+    entry = json.loads((tiny_store / "manifest.json").read_text())["datasets"]["chestxray14"]
+    test = [f for f in read_store_samples(tiny_store, "chestxray14").values() if f["_split"] == "test"]
+    for name in entry["labels"]:
+        kept = [f for f in test if name in _evaluated_outcomes(f, entry["labels"], entry["task"],
+                                                                config.data.policy("chestxray14"))]
+        rows = [r for r in tables["chestxray14"] if r["class"] == name and r["attribute"] == "sex" and r["group"] != "gap"]
+        expected = {}
+        for f in kept:
+            expected[f.get("sex") or "unknown"] = expected.get(f.get("sex") or "unknown", 0) + 1
+        assert {r["group"]: r["n"] for r in rows} == expected, name
+    sexes = {k: v for k, v in last.items() if k.startswith("auc_group/test/chestxray14/teacher/sex=")
+             and not k.endswith("=unknown")}
+    assert sexes and all(0.0 <= v <= 1.0 for v in sexes.values())
+    if len(sexes) >= 2:
+        assert last["auc_gap/test/chestxray14/teacher/sex"] == pytest.approx(max(sexes.values()) - min(sexes.values()))
+    assert "## chestxray14: teacher, test split, final evaluation" in (run / "subgroups.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_run_folder_holds_metrics_config_and_one_wandb_run_from_rank_0(six_datasets, tmp_path):
     from ark_dist.report import main as report
     from ark_dist.report import read_metrics, write_report

@@ -181,9 +181,10 @@ class FineTune:
             total += loss.item()
         return total / len(parts)
 
-    def score(self, model: torch.nn.Module, split: str) -> dict:
+    def score(self, model: torch.nn.Module, split: str, *, intervals: bool = False) -> dict:
         """`train.evaluate.evaluate` of `model` on `split`: validation through the centre crop, the
-        test split through ten crops (`finetune.test_ten_crop`)."""
+        test split through ten crops (`finetune.test_ten_crop`); with `intervals` (on this rank)
+        the per-class subgroup table too."""
         from ark_dist.train.evaluate import evaluate
 
         views = dataclasses.replace(self.cfg.data.views, ten_crop=split == "test" and self.cfg.finetune.test_ten_crop)
@@ -192,7 +193,7 @@ class FineTune:
         try:
             return evaluate({"model": model}, self.entry, split, data_config=data, seed=self.cfg.train.seed,
                             rank=self.rank, world=self.world, batch_size=self.micro, device=self.device,
-                            dtype=self.dtype)["model"]
+                            dtype=self.dtype, intervals=("model",) if intervals else ())["model"]
         finally:
             self.train_mode()
 
@@ -258,21 +259,26 @@ class FineTune:
         self.finish(tracker)
 
     def finish(self, tracker) -> None:
-        """The best epoch's model on the validation and test splits; rank 0 writes `results.json`
-        and the model as an ark-dist export (`best.safetensors`) into the run folder."""
+        """The best epoch's model on the validation and test splits (and the test split per
+        subgroup); rank 0 writes `results.json`, `subgroups.md`/`.json` and the model as an
+        ark-dist export (`best.safetensors`) into the run folder."""
         import ray.train
 
-        from ark_dist.track.runfolder import run_url, write_metrics
+        from ark_dist.track.runfolder import run_url
+        from ark_dist.train.evaluate import metric_classes
+        from ark_dist.train.worker import group_metrics, write_subgroups
 
         cfg, target = self.cfg, self.cfg.finetune.target
         model = self.best_model()
-        test, val = self.score(model, "test"), self.score(model, "val")
+        test, val = self.score(model, "test", intervals=self.rank == 0), self.score(model, "val")
+        rows = test.pop("subgroup_rows", None)
         results = {"target": target, "seed": cfg.train.seed, "best_epoch": self.best["epoch"],
                    "best_val_loss": self.best["loss"], "stopped_early": self.stopped,
-                   "epochs_trained": len(self.history), "val": val, "test": test}
+                   "epochs_trained": len(self.history), "metric_labels": metric_classes(self.entry, cfg.data),
+                   "val": val, "test": test}
         metrics = {f"auc/test/{target}/best": test["auc"], f"auc/val/{target}/best": val["auc"],
-                   **{f"test/{k}": v for k, v in test.items()}, "best/epoch": self.best["epoch"],
-                   "epochs_done": len(self.history)}
+                   **{f"test/{k}": v for k, v in test.items() if k != "groups"}, "best/epoch": self.best["epoch"],
+                   **group_metrics(test.get("groups", {}), split="test", dataset=target, model="best")}
         if self.rank == 0:
             from safetensors.torch import save
 
@@ -282,14 +288,31 @@ class FineTune:
             meta = metadata(model, state, source=run_url(cfg), which="finetuned")
             write_atomic(join(run_url(cfg), BEST), save(exported_tensors(model.cpu()), metadata=meta))
             write_atomic(join(run_url(cfg), RESULTS), json.dumps(results, indent=1).encode())
-            self.history.append({"step": len(self.history) * self.steps, "time": time.time(), **metrics})
-            write_metrics(cfg, self.history)
+            if rows:
+                write_subgroups(run_url(cfg), {target: rows}, title="the best epoch, test split")
+        # W&B and Ray get the closing figures; metrics.jsonl keeps one row per epoch (report's x axis).
         tracker.log(metrics, step=len(self.history) * self.steps)
         tracker.finish()
         ray.train.report(metrics)
 
 
 # -- the driver --------------------------------------------------------------------------------
+def where_keys(store, entry: dict, where: dict[str, list]) -> list[str]:
+    """`<dataset>/<id>` keys of the training samples whose facts take one of `where`'s values for
+    every key (`finetune.train_where`). Reads each train shard's JSON members once (no image is
+    decoded): a full pass over the split's bytes, before any worker starts."""
+    from ark_dist.data import stages
+
+    counters = stages.Counters(entry["name"], max_bad_fraction=0.0, min_bad=0)
+    wanted = {k: {str(v) for v in values} for k, values in where.items()}
+    keys = []
+    for sample in stages.tar_samples(entry["splits"]["train"]["shards"], store, counters):
+        facts = json.loads(sample["parts"]["json"])
+        if all(str(facts.get(k)) in values for k, values in wanted.items()):
+            keys.append(sample["key"])
+    return keys
+
+
 def subset_keys(store, entry: dict, *, size: float, seed: int) -> list[str]:
     """`<dataset>/<id>` keys of the training patients' subset: `size` patients (a count >= 1) or
     that share of them (a fraction, rounded up), taken in the order a seeded shuffle of the sorted
@@ -311,6 +334,29 @@ def subset_keys(store, entry: dict, *, size: float, seed: int) -> list[str]:
     if count > len(order):
         raise ValueError(f"finetune.train_subset={size:g}: {entry['name']} has {len(order)} training patients")
     return [f"{entry['name']}/{i}" for patient in order[:count] for i in sorted(patients[patient])]
+
+
+def training_subset(cfg: Config, store, entry: dict, base: str) -> str | None:
+    """The key file of the training samples that `finetune.train_subset` (patients) and
+    `finetune.train_where` (facts) leave, written under `base`; None when both are unset."""
+    f = cfg.finetune
+    if f.train_subset is None and not f.train_where:
+        return None
+    keys = None
+    said = []
+    if f.train_subset is not None:
+        keys = subset_keys(store, entry, size=f.train_subset, seed=f.subset_seed)
+        said.append(f"{f.train_subset:g} patients")
+    if f.train_where:
+        chosen = set(where_keys(store, entry, f.train_where))
+        keys = [k for k in keys if k in chosen] if keys is not None else sorted(chosen)
+        said.append(" and ".join(f"{k} in {v}" for k, v in f.train_where.items()))
+    if not keys:
+        raise ValueError(f"finetune: no training sample of {entry['name']} is left by {', '.join(said)}")
+    url = join(base, SUBSET)
+    write_atomic(url, "".join(k + "\n" for k in keys).encode())
+    print(f"training subset: {len(keys)} images ({', '.join(said)}) -> {url}")
+    return url
 
 
 def trial_config(cfg: Config, index: int, *, train_only: str | None) -> Config:
@@ -341,9 +387,22 @@ def summary(results: list[dict], *, labels: list[str], metric: str = "auc") -> t
                **{c: [r["test"].get(f"auc_class/{c}", float("nan")) for r in results] for c in classes}}
     stats = {name: mean_std(values) for name, values in columns.items()}
     rows.append(["mean ± std", "", "", *[f"{stats[n][0]:.4f} ± {stats[n][1]:.4f}" for n in columns]])
-    table = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                       *["| " + " | ".join(row) + " |" for row in rows]]) + "\n"
+    table = _markdown(head, rows)
+    groups = sorted({g for r in results for g in r["test"].get("groups", {})}, key=lambda g: (g.startswith("gap/"), g))
+    if groups:  # the headline AUC per subgroup, and the gaps, over trials
+        per_group = {g: mean_std([r["test"]["groups"][g] for r in results if g in r["test"].get("groups", {})])
+                     for g in groups}
+        table += "\nBy subgroup (headline AUC of the test samples in each group; gap = best - worst group):\n\n"
+        table += _markdown(["group", "trials", "mean ± std"], [
+            [g, str(sum(g in r["test"].get("groups", {}) for r in results)), f"{m:.4f} ± {s:.4f}"]
+            for g, (m, s) in per_group.items()])
+        stats.update({f"group {g}": v for g, v in per_group.items()})
     return table, {"trials": results, "mean_std": {n: {"mean": m, "std": s} for n, (m, s) in stats.items()}}
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *["| " + " | ".join(row) + " |" for row in rows]]) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -368,12 +427,7 @@ def main(argv: list[str]) -> int:
         store = Store(cfg.data.store)
         entry = dataset_entry(read_manifest(store), cfg.finetune.target, splits=("train", "val", "test"))
         base = join(cfg.train.storage_path, cfg.train.name)
-        subset = None
-        if cfg.finetune.train_subset is not None:
-            keys = subset_keys(store, entry, size=cfg.finetune.train_subset, seed=cfg.finetune.subset_seed)
-            subset = join(base, SUBSET)
-            write_atomic(subset, "".join(k + "\n" for k in keys).encode())
-            print(f"train subset: {len(keys)} images of {cfg.finetune.train_subset:g} patients -> {subset}")
+        subset = training_subset(cfg, store, entry, base)
     except (ValueError, ShardReadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ def _age_group(age, bins: Sequence[int]) -> str:
     return _age_names(bins)[index] if 0 <= index < len(bins) - 1 else OUT_OF_RANGE
 
 
-def _groups(attribute: str, values: list, age_bins: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+def groups_of(attribute: str, values: list, age_bins: Sequence[int] = (0, 40, 60, 80, 200)) -> tuple[np.ndarray, list[str]]:
     """(the group of each sample, the groups present in table order: bins or sorted, then
     'out of range' and 'unknown')."""
     if attribute == "age":
@@ -147,7 +147,7 @@ def subgroup_table(scores, labels, facts, *, attributes: Sequence[str] = ("sex",
         raise ValueError(f"subgroup_table: age_bins must be increasing whole years, got {age_bins}")
     rows = []
     for attribute, values in _columns(facts, attributes, len(labels)).items():
-        groups, names = _groups(attribute, values, age_bins)
+        groups, names = groups_of(attribute, values, age_bins)
         for name in names:
             keep = groups == name
             rows.append({"attribute": attribute, "group": name,

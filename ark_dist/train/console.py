@@ -102,8 +102,6 @@ class RoundProgress:
     def _update(self) -> None:
         rows = self._rows()
         for row in rows[self.seen:]:
-            if "epoch" not in row:  # not a round: a fine-tune's closing test row
-                continue
             self.auc = _auc(row, self.auc)
             self.bar.set_postfix_str(round_text(row, self.auc), refresh=False)
             self.bar.update(1)

@@ -76,12 +76,16 @@ def task_loss_of(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, *, t
 
 @torch.no_grad()
 def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, data_config, seed: int, rank: int,
-             world: int, batch_size: int, device, dtype) -> dict[str, dict[str, float]]:
-    """{model name: summary} for one dataset and split; every rank runs it (collectives inside)."""
+             world: int, batch_size: int, device, dtype, intervals: tuple[str, ...] = ()) -> dict[str, dict]:
+    """{model name: summary} for one dataset and split; every rank runs it (collectives inside).
+    Where samples carry sex, age or view, a summary's `groups` holds each group's headline AUC and
+    the gaps (`subgroups.group_aucs`); for the models named in `intervals`, `subgroup_rows` holds
+    every class's AUC per group with its bootstrap interval (`subgroups.interval_rows`)."""
+    from ark_dist.train import subgroups
     loader = EvalLoader(entry=entry, config=data_config, split=split, seed=seed, rank=rank, world=world,
                         batch_size=batch_size)
     collected = {name: [] for name in models}
-    targets, masks = [], []
+    targets, masks, facts = [], [], []
     for batch in loader:
         views = render_eval(batch["image"].to(device), data_config.views)  # (B, V, 3, S, S)
         b, v = views.shape[:2]
@@ -94,13 +98,25 @@ def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, dat
             collected[name].append(probs.mean(1).cpu().numpy()[valid])  # ten-crop: mean over views
         targets.append(batch["target"].numpy()[valid])
         masks.append(batch["mask"].numpy()[valid])
+        facts += [f for f, ok in zip(batch["subgroups"], valid) if ok]
     local = {"targets": np.concatenate(targets), "masks": np.concatenate(masks),
              **{name: np.concatenate(v) for name, v in collected.items()}}
     gathered = [None] * world
     if world > 1:
-        dist.all_gather_object(gathered, local)
+        dist.all_gather_object(gathered, (local, facts))
     else:
-        gathered = [local]
-    merged = {k: np.concatenate([g[k] for g in gathered]) for k in local}
+        gathered = [(local, facts)]
+    merged = {k: np.concatenate([g[k] for g, _ in gathered]) for k in local}
+    facts = [f for _, part in gathered for f in part]
     metric = metric_classes(entry, data_config)
-    return {name: summarize(entry, merged[name], merged["targets"], merged["masks"], metric=metric) for name in models}
+    out = {}
+    for name in models:
+        out[name] = summarize(entry, merged[name], merged["targets"], merged["masks"], metric=metric)
+        groups = subgroups.group_aucs(merged[name], merged["targets"], merged["masks"], facts,
+                                      labels=list(entry["labels"]), metric=metric)
+        if groups:
+            out[name]["groups"] = groups
+        if name in intervals:
+            out[name]["subgroup_rows"] = subgroups.interval_rows(merged[name], merged["targets"], merged["masks"],
+                                                                 facts, labels=list(entry["labels"]))
+    return out

@@ -38,6 +38,7 @@ TEACHER = "teacher.safetensors"
 STUDENT = "student.safetensors"
 STATE = "state.json"
 HISTORY = "metrics.jsonl"  # every round's metrics so far: a checkpoint carries the run's whole story
+SUBGROUPS = "subgroups"  # .json and .md: the final evaluation's per-class AUCs by sex, age and view, with intervals
 
 
 def teacher_digest(teacher: torch.nn.Module) -> str:
@@ -211,21 +212,29 @@ class Run:
             loss_sum, task_sum = loss_sum + loss.item(), task_sum + task.item()
         return loss_sum / len(parts), task_sum / len(parts)
 
-    def evaluate(self) -> dict:
-        out = {}
+    def evaluate(self, *, final: bool = False) -> dict:
+        """Every dataset's val and test AUCs, per subgroup too; the `final` evaluation also writes
+        the teacher's per-class subgroup table with bootstrap intervals (rank 0)."""
+        out, tables = {}, {}
         student = self.engine.module
         student.eval()
         for entry in self.entries:
             for split in ("val", "test"):
                 if split not in entry["splits"] or not entry["splits"][split]["num_samples"]:
                     continue
+                intervals = ("teacher",) if final and split == "test" and self.rank == 0 else ()
                 results = evaluate({"student": student, "teacher": self.teacher}, entry, split, data_config=self.cfg.data,
                                    seed=self.cfg.train.seed, rank=self.rank, world=self.world,
-                                   batch_size=self.micro, device=self.device, dtype=self.dtype)
+                                   batch_size=self.micro, device=self.device, dtype=self.dtype, intervals=intervals)
                 for model, summary in results.items():
                     out[f"auc/{split}/{entry['name']}/{model}"] = summary["auc"]  # over data.metric_labels
                     if "auc_all" in summary:
                         out[f"auc_all/{split}/{entry['name']}/{model}"] = summary["auc_all"]
+                    out.update(group_metrics(summary.get("groups", {}), split=split, dataset=entry["name"], model=model))
+                    if summary.get("subgroup_rows"):
+                        tables[entry["name"]] = summary["subgroup_rows"]
+        if tables:
+            write_subgroups(run_url(self.cfg), tables, title="teacher, test split, final evaluation")
         student.train()
         for split in ("val", "test"):  # the sweep's default metric: the teacher's mean val AUC over datasets
             for model in ("student", "teacher"):
@@ -260,7 +269,7 @@ class Run:
                 dist.all_gather_object(digests, teacher_digest(self.teacher))
                 metrics["teacher/ranks_identical"] = float(len(set(digests)) == 1)
                 if index == len(self.steps) - 1 and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-                    metrics.update(self.evaluate())
+                    metrics.update(self.evaluate(final=epoch + 1 == cfg.train.epochs))
                 following = Cursor(epoch + 1, 0, 0) if index + 1 == len(self.steps) else Cursor(epoch, index + 1, 0)
                 metrics.update(memory_metrics(self.device), epochs_done=epoch + (index + 1) / len(self.steps))
                 if self.last_save_s is not None:
@@ -281,6 +290,23 @@ class Run:
                     self.last_save_s = None
         loader.close()
         tracker.finish()
+
+
+def group_metrics(groups: dict[str, float], *, split: str, dataset: str, model: str) -> dict[str, float]:
+    """`evaluate`'s subgroup AUCs as metrics: `auc_group/<split>/<dataset>/<model>/<attribute>=<group>`
+    and `auc_gap/<split>/<dataset>/<model>/<attribute>`."""
+    return {(f"auc_gap/{split}/{dataset}/{model}/{key[4:]}" if key.startswith("gap/")
+             else f"auc_group/{split}/{dataset}/{model}/{key}"): value for key, value in groups.items()}
+
+
+def write_subgroups(folder: str, tables: dict[str, list[dict]], *, title: str) -> None:
+    """`subgroups.json` ({dataset: interval rows}) and `subgroups.md` into a run folder, each whole."""
+    from ark_dist.fs import join, write_atomic
+    from ark_dist.train.subgroups import markdown
+
+    write_atomic(join(folder, SUBGROUPS + ".json"), json.dumps(tables, indent=1).encode())
+    text = "".join(markdown(rows, title=f"{name}: {title}") + "\n" for name, rows in tables.items())
+    write_atomic(join(folder, SUBGROUPS + ".md"), text.encode())
 
 
 def quiet_report_lines() -> None:
