@@ -45,3 +45,17 @@ def test_old_heads_projector_and_backbone_come_from_the_file_and_the_new_head_is
     assert all(torch.equal(extended.omni_heads["covidx"].state_dict()[k], v) for k, v in fresh_head.items())
     teacher = make_teacher(extended)
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), extended.state_dict().values()))
+
+
+def test_the_continual_recipes_add_a_dataset_after_the_six_and_start_from_a_teacher():
+    from pathlib import Path
+
+    from ark_dist.config import load
+    from ark_dist.data.config import ARK6
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name, base in (("ark6_plus_tbx11k", "ark6.yaml"), ("demo", "demo.yaml")):
+        cfg, before = load(root / "continual" / f"{name}.yaml"), load(root / base)
+        assert cfg.data.datasets == [*ARK6, "tbx11k"] and before.data.datasets == ARK6  # old heads keep their order
+        assert cfg.model.pretrained.endswith(".safetensors") and cfg.train.name != before.train.name
+        assert (cfg.model.backbone, cfg.model.projector_dim) == (before.model.backbone, before.model.projector_dim)
