@@ -102,6 +102,34 @@ def test_zeroshot_auc_is_the_maps_mean_of_sigmoid_outputs(ray_cluster, store, ex
     assert (out / "roc.png").stat().st_size > 0 and "| Nodule |" in (out / "zeroshot.md").read_text()
 
 
+@pytest.mark.slow
+def test_zeroshot_from_a_published_ark_file_equals_zeroshot_from_our_export_of_it(ray_cluster, store, tmp_path):
+    """A published Ark .pth.tar (numbered heads, no class names) scored through Ark-6's class lists
+    and a recipe's model gives the AUC of ark-dist's export of the same weights."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from ark_dist.export import exported_tensors, metadata
+    from ark_dist.reuse.init import ARK_RELEASE_LABELS
+    from test_weights import ARK_ORDER, TINY2, ark, ark_release
+
+    source = ark(TINY2, heads=ARK_ORDER, seed=5)
+    torch.save(ark_release(source, swin=TINY2), tmp_path / "ark6.pth.tar")
+    state = {"labels": ARK_RELEASE_LABELS, "cursor": {"epoch": 1, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
+    save_file(exported_tensors(source), tmp_path / "ours.safetensors", metadata=metadata(source, state, source="t",
+                                                                                         which="teacher"))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"model": {"backbone_kwargs": TINY2, "projector_dim": 32}}))
+    found = {}
+    for name, extra in (("ark6.pth.tar", ["--recipe", str(tmp_path / "recipe.yaml")]), ("ours.safetensors", [])):
+        out = tmp_path / name.split(".")[0]
+        assert zeroshot.main(["--checkpoint", str(tmp_path / name), "--target", "node21", "--map",
+                              str(REPO / "configs/zeroshot/node21_nodule_mass_tumor.yaml"), "--store", str(store),
+                              "--out", str(out), "--image-size", str(SIZE), "--loader-workers", "0",
+                              "--resamples", "50", *extra]) == 0
+        found[name] = json.loads((out / "zeroshot.json").read_text())["classes"]["Nodule"]["auc"]
+    assert found["ark6.pth.tar"] == found["ours.safetensors"] is not None
+
+
 def test_a_map_naming_a_class_the_model_lacks_is_one_line(store, export, tmp_path, capsys):
     bad = tmp_path / "map.yaml"
     bad.write_text("target: node21\nclasses:\n  Nodule: [[chestxray14, Nodules]]\n")

@@ -6,9 +6,11 @@ timm's converter), and that timm model is the oracle the loaded weights are comp
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -180,3 +182,41 @@ def test_reuse_loads_a_published_ark_file_to_the_features_of_our_export_of_the_s
         a, b = ours(images), published(images)
         assert torch.equal(ours.backbone(images), published.backbone(images))
     assert all(torch.equal(a.logits[k], b.logits[k]) for k in ARK_ORDER)
+
+
+def test_a_published_ark_file_names_its_heads_and_loads_on_a_reuse_worker_as_our_export(tmp_path):
+    """The reuse commands take a published Ark .pth.tar: its numbered heads get Ark-6's class names
+    (`ARK_RELEASE_LABELS`, sized as the heads), its model the recipe's `model` section, and a worker
+    loads it to the outputs of our export of the same weights."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from ark_dist.export import exported_tensors, metadata
+    from ark_dist.reuse import workers
+    from ark_dist.reuse.init import ARK_RELEASE_LABELS, describe, release_heads
+
+    source = ark(TINY2, heads=ARK_ORDER, seed=4)
+    published = tmp_path / "ark6_teacher.pth.tar"
+    torch.save(ark_release(source, swin=TINY2), published)
+    assert {k: len(v) for k, v in ARK_RELEASE_LABELS.items()} == ARK_ORDER  # Ark-6's head sizes, in Ark's order
+    assert release_heads(str(published)) == ARK_RELEASE_LABELS
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"backbone_kwargs": TINY2, "projector_dim": 32}}))
+    heads, spec = workers.weights([str(published)], argparse.Namespace(recipe=str(recipe)))
+    assert heads == {str(published): ARK_RELEASE_LABELS} and spec[str(published)]["model"]["projector_dim"] == 32
+    state = {"labels": ARK_RELEASE_LABELS, "cursor": {"epoch": 200, "round": 0, "step": 0}, "manifest_sha256": "0" * 64}
+    save_file(exported_tensors(source), tmp_path / "ours.safetensors", metadata=metadata(source, state, source="t",
+                                                                                         which="teacher"))
+    assert describe(str(tmp_path / "ours.safetensors"), recipe=str(recipe)) == (ARK_RELEASE_LABELS, None)
+    theirs, their_heads = workers.load_weights(str(published), {"published": spec}, rank=1)
+    ours, our_heads = workers.load_weights(str(tmp_path / "ours.safetensors"), {}, rank=1)
+    assert their_heads == our_heads == ARK_RELEASE_LABELS
+    images = torch.randn(2, 3, TINY2["img_size"], TINY2["img_size"])
+    with torch.no_grad():
+        a, b = theirs(images), ours(images)
+    assert all(torch.equal(a.logits[k], b.logits[k]) for k in ARK_ORDER)
+    # A file with neither ark-dist's metadata nor numbered heads has no class names: one line.
+    bare = tmp_path / "swin.pth"
+    torch.save({"model": official_release(source.backbone, swin=TINY2)}, bare)
+    with pytest.raises(ValueError, match="omni_heads.*its classes are unknown"):
+        describe(str(bare), recipe=str(recipe))

@@ -60,11 +60,10 @@ def loop(config: dict) -> None:
     from ark_dist.configtree import from_dict
     from ark_dist.data import DataConfig, Store, read_manifest
     from ark_dist.reuse.infer import infer
-    from ark_dist.reuse.init import load_model
 
     rank, world = workers.context(config)
     data = from_dict(DataConfig, config["data"])
-    model, _ = load_model(config["checkpoint"], log=print if rank == 0 else (lambda *_: None))
+    model, _ = workers.load_weights(config["checkpoint"], config, rank=rank)
     manifest = read_manifest(Store(data.store))
     written = skipped = images = 0
     began = time.perf_counter()
@@ -93,7 +92,8 @@ def loop(config: dict) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py embed", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors), "
+                   "or a published Ark .pth.tar (with --recipe)")
     p.add_argument("--datasets", nargs="+", required=True)
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     workers.add_pass_arguments(p, out="out/embeddings", view="centre", batch_size=64, load="crop")
@@ -103,17 +103,14 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[dict]:
     """Check the inputs in this process, then embed on the workers; each rank's counts and pace."""
     from ark_dist.data import Store, StoreConfig, read_manifest
-    from ark_dist.reuse.init import labels_of
 
-    if labels_of(args.checkpoint) is None:
-        raise ValueError(f"--checkpoint {args.checkpoint}: embed reads ark-dist checkpoints and exports; "
-                         f"export another file first")
+    _, published = workers.weights([args.checkpoint], args)
     manifest = read_manifest(Store(StoreConfig(url=args.store)))
     unknown = [d for d in args.datasets if d not in manifest]
     if unknown:
         raise ValueError(f"--datasets: {unknown[0]!r} is not in {args.store} (has: {', '.join(sorted(manifest))})")
     config = workers.pass_config(args, args.datasets, checkpoint=args.checkpoint, datasets=args.datasets,
-                                 splits=args.splits)
+                                 splits=args.splits, published=published)
     return workers.run_pass(loop, config, args, name="embed")
 
 

@@ -41,14 +41,13 @@ def loop(config: dict) -> None:
     from ark_dist.configtree import from_dict
     from ark_dist.data import DataConfig, Store, dataset_entry, read_manifest
     from ark_dist.reuse.infer import gather, infer
-    from ark_dist.reuse.init import load_model
 
     rank, world = workers.context(config)
     data = from_dict(DataConfig, config["data"])
     manifest = read_manifest(Store(data.store))
     results = {}
     for which, url in config["models"].items():
-        model, _ = load_model(url, log=print if rank == 0 else (lambda *_: None))
+        model, _ = workers.load_weights(url, config, rank=rank)
         results[which] = {}
         for dataset in config["datasets"]:
             if dataset not in model.omni_heads:
@@ -89,7 +88,8 @@ def _auc(value) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="launch.py evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors), "
+                   "or a published Ark .pth.tar (with --recipe)")
     p.add_argument("--before", help="a second model to compare with (e.g. the file a continual run started from)")
     p.add_argument("--datasets", nargs="+", required=True, help="datasets the model has heads for")
     p.add_argument("--split", default="test")
@@ -97,22 +97,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     args = p.parse_args(argv)
     from ark_dist.data import ShardReadError, Store, StoreConfig, dataset_entry, read_manifest
-    from ark_dist.reuse.init import labels_of
 
     models = {"after": args.checkpoint, **({"before": args.before} if args.before else {})}
     try:
         manifest = read_manifest(Store(StoreConfig(url=args.store)))
+        described, published = workers.weights(list(models.values()), args)
         for which, url in models.items():
-            heads = labels_of(url)
-            if heads is None:
-                raise ValueError(f"{url}: evaluate reads ark-dist checkpoints and exports (they name their classes)")
+            heads = described[url]
             for dataset in args.datasets:
                 entry = dataset_entry(manifest, dataset, splits=(args.split,))
                 if which == "after" and heads.get(dataset) != entry["labels"]:
                     raise ValueError(f"{url}: its {dataset!r} head is {heads.get(dataset)}, the store's labels "
                                      f"{entry['labels']}")
         config = workers.pass_config(args, args.datasets, models=models, datasets=args.datasets, split=args.split,
-                                     resamples=args.resamples)
+                                     resamples=args.resamples, published=published)
         workers.run_pass(loop, config, args, name="evaluate")
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))

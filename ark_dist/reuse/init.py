@@ -22,6 +22,24 @@ from ark_dist.model import ArkModel
 from ark_dist.model.config import ModelConfig
 
 RANDOM = "random"
+# The classes of an Ark release's numbered heads (`omni_heads.0..5`, Ark's dataset order) as ark-dist's
+# sources name them, in the heads' output order. Checked for RSNA against the label files Ark and
+# BenchmarkTransformers train from (dataset/RSNAPneumonia_train.txt): index 0 holds 33 % of the
+# images, 1 44 %, 2 22 %, the shares of Normal, No Lung Opacity / Not Normal and Lung Opacity
+# (BenchmarkTransformers' printed name list puts the first two the other way round).
+ARK_RELEASE_LABELS = {
+    "mimic_cxr": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+                  "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+                  "Pneumothorax", "Support Devices"],
+    "chexpert": ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+                 "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+                 "Fracture", "Support Devices"],
+    "chestxray14": ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"],
+    "rsna_pneumonia": ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"],
+    "vindr_cxr": ["Pleural effusion", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"],
+    "shenzhen": ["Tuberculosis"],
+}
 
 
 def _export_metadata(url: str) -> dict | None:
@@ -76,6 +94,42 @@ def labels_of(init: str) -> dict[str, list[str]] | None:
         return _read_state(fs, f"{path}/{STATE}", f"{checkpoint}/{STATE}")["labels"]
     except ExportError as exc:
         raise ValueError(f"init={init!r}: {exc}") from None
+
+
+def release_heads(init: str) -> dict[str, list[str]] | None:
+    """{dataset: class names} of the numbered heads (`omni_heads.<i>`) of a published Ark file whose
+    output sizes agree with `ARK_RELEASE_LABELS`, in Ark's order; None when it has none."""
+    import re
+
+    from ark_dist.model.weights import ARK_HEADS, read_state_dict
+
+    state = read_state_dict(init)
+    heads = {}
+    for key, tensor in state.items():
+        numbered = re.fullmatch(r"omni_heads\.(\d+)\.weight", key)
+        if numbered and int(numbered[1]) < len(ARK_HEADS):
+            name = ARK_HEADS[int(numbered[1])]
+            if tensor.shape[0] == len(ARK_RELEASE_LABELS[name]):
+                heads[name] = ARK_RELEASE_LABELS[name]
+    return {name: heads[name] for name in ARK_HEADS if name in heads} or None
+
+
+def describe(init: str, *, recipe: str) -> tuple[dict[str, list[str]], dict | None]:
+    """(the heads' class names, the model config as a dict or None) for a reuse pass: an ark-dist
+    checkpoint or export names both itself (None); a published Ark file takes its heads from
+    `release_heads` and its model from the `model` section of `recipe` (the one it was trained with)."""
+    from ark_dist.config import load, to_dict
+
+    labels = labels_of(init)
+    if labels is not None:
+        return labels, None
+    if init == RANDOM:
+        raise ValueError("init=random has no pretrained heads to score with")
+    heads = release_heads(init)
+    if heads is None:
+        raise ValueError(f"{init}: neither an ark-dist checkpoint or export nor an Ark release with numbered heads "
+                         f"(omni_heads.<i>); its classes are unknown")
+    return heads, to_dict(load(recipe).model)
 
 
 def load_model(init: str, *, model: ModelConfig | None = None, heads: dict[str, list[str]] | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ark_dist.fs import filesystem, join, write_atomic
 
@@ -25,7 +26,36 @@ def add_pass_arguments(p, *, out: str, view: str, batch_size: int, load: str) ->
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker")
     p.add_argument("--loader-workers", type=int, default=2, help="loader processes per worker")
+    p.add_argument("--recipe", default=str(ARK6_RECIPE), help="for a published Ark file (no ark-dist metadata): the "
+                   "recipe whose `model` section it was trained with (default configs/ark6.yaml, Ark-6's Swin-B)")
     p.set_defaults(load=load)
+
+
+ARK6_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "ark6.yaml"
+
+
+def weights(urls: list[str], args) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict]]:
+    """({url: its heads' class names}, {url: {"model", "heads"}} for the published Ark files among
+    them), checked in the driver before any worker starts (`init.describe`)."""
+    from ark_dist.reuse.init import describe
+
+    heads, published = {}, {}
+    for url in urls:
+        heads[url], model = describe(url, recipe=args.recipe)
+        if model is not None:
+            published[url] = {"model": model, "heads": heads[url]}
+    return heads, published
+
+
+def load_weights(url: str, config: dict, *, rank: int):
+    """`init.load_model` on a worker, with the model and heads `weights` found for a published file."""
+    from ark_dist.configtree import from_dict
+    from ark_dist.model.config import ModelConfig
+    from ark_dist.reuse.init import load_model
+
+    spec = config.get("published", {}).get(url)
+    return load_model(url, model=from_dict(ModelConfig, spec["model"]) if spec else None,
+                      heads=spec["heads"] if spec else None, log=print if rank == 0 else (lambda *_: None))
 
 
 def pass_config(args, reads: list[str], **extra) -> dict:

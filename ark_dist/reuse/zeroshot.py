@@ -70,11 +70,10 @@ def loop(config: dict) -> None:
     from ark_dist.configtree import from_dict
     from ark_dist.data import DataConfig, Store, dataset_entry, read_manifest
     from ark_dist.reuse.infer import gather, infer
-    from ark_dist.reuse.init import load_model
 
     rank, world = workers.context(config)
     data = from_dict(DataConfig, config["data"])
-    model, heads = load_model(config["checkpoint"], log=print if rank == 0 else (lambda *_: None))
+    model, heads = workers.load_weights(config["checkpoint"], config, rank=rank)
     mapping = config["map"]
     entry = dataset_entry(read_manifest(Store(data.store)), mapping["target"], splits=(config["split"],))
     check_map(mapping, target_labels=entry["labels"], heads=heads)
@@ -122,7 +121,8 @@ def _row(name: str, source: str, r: dict) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="launch.py zeroshot", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors)")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint or ark-dist export (.safetensors), "
+                   "or a published Ark .pth.tar (with --recipe)")
     p.add_argument("--target", required=True, help="the unseen dataset (in the store's manifest)")
     p.add_argument("--map", required=True, help="configs/zeroshot/<map>.yaml: target classes <- pretrained outputs")
     p.add_argument("--split", default="test", help="the target's split to score (default test)")
@@ -130,20 +130,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     args = p.parse_args(argv)
     from ark_dist.data import ShardReadError, Store, StoreConfig, dataset_entry, read_manifest
-    from ark_dist.reuse.init import labels_of
 
     try:
         mapping = read_map(args.map)
         if mapping["target"] != args.target:
             raise ValueError(f"--map {args.map} is for {mapping['target']!r}, not --target {args.target!r}")
-        heads = labels_of(args.checkpoint)
-        if heads is None:
-            raise ValueError(f"--checkpoint {args.checkpoint}: zero-shot needs the heads' class names, which only an "
-                             f"ark-dist checkpoint or export carries (export a published file first)")
+        described, published = workers.weights([args.checkpoint], args)
+        heads = described[args.checkpoint]
         entry = dataset_entry(read_manifest(Store(StoreConfig(url=args.store))), args.target, splits=(args.split,))
         check_map(mapping, target_labels=entry["labels"], heads=heads)
         config = workers.pass_config(args, [args.target], checkpoint=args.checkpoint, map=mapping, split=args.split,
-                                     resamples=args.resamples)
+                                     resamples=args.resamples, published=published)
         workers.run_pass(loop, config, args, name=f"zeroshot-{args.target}")
     except (ValueError, ShardReadError) as exc:
         return workers.fail(str(exc))
