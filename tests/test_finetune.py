@@ -246,3 +246,20 @@ def test_the_trials_table_gives_each_subgroup_mean_and_std_over_trials():
     assert f"| sex=F | 2 | {f[0]:.4f} ± {f[1]:.4f} |" in table
     assert data["mean_std"]["group gap/sex"]["mean"] == pytest.approx(0.125)
     assert data["mean_std"]["mean AUC"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.1)}
+
+
+@pytest.mark.slow
+def test_a_finetune_resumed_by_its_name_ends_as_the_uninterrupted_one(ray_cluster, signal_store, export, tmp_path,
+                                                                     capsys):
+    """Stopped after 2 of 4 epochs and run again under the same name, a fine-tune continues from
+    its checkpoint (engine, best epoch, patience) and ends with the uninterrupted run's weights."""
+    common = [f"finetune.init={export}", "finetune.patience=10", "train.checkpoint_rounds=1"]
+    assert finetune.main(args(signal_store, tmp_path / "whole", *common, "train.epochs=4")) == 0
+    assert finetune.main(args(signal_store, tmp_path / "parts", *common, "train.epochs=2")) == 0
+    assert finetune.main(args(signal_store, tmp_path / "parts", *common, "train.epochs=4")) == 0
+    capsys.readouterr()
+    whole, parts = (tmp_path / name / "ft" / "trial-0" for name in ("whole", "parts"))
+    assert [r["epoch"] for r in rows(parts)] == [0, 1, 2, 3]  # the second run trained epochs 2 and 3 only
+    a, b = load_file(whole / "best.safetensors"), load_file(parts / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_loss/shenzhen"] for r in rows(parts)] == [r["val_loss/shenzhen"] for r in rows(whole)]

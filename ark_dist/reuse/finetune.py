@@ -168,6 +168,9 @@ class FineTune:
         from ark_dist.train.step import micro_batches
 
         target, kind = self.cfg.finetune.target, self.entry["task"]
+        # Stochastic depth draws from torch's generator: seeded by the optimizer step, so a resumed
+        # run draws what the uninterrupted one did (as the pretraining worker does).
+        torch.manual_seed(hash((self.cfg.train.seed, self.engine.global_steps, self.rank)) % 2**63)
         total = 0.0
         parts = micro_batches(batch, self.cfg.engine.grad_accum)
         for micro in parts:
@@ -228,8 +231,9 @@ class FineTune:
             losses = [self.optimizer_step(batch) for batch in self.meter.wrap(loader.round(epoch, 0))]
             val = self.score(self.engine.module, "val")
             if self.best is None or val["loss"] < self.best["loss"]:
-                with gathered_parameters(self.engine):
-                    self.best = {"epoch": epoch, "loss": val["loss"], "tensors": tensors(self.engine.module)}
+                with gathered_parameters(self.engine):  # a copy: on the CPU .cpu() would alias the live weights
+                    self.best = {"epoch": epoch, "loss": val["loss"],
+                                 "tensors": {k: v.clone() for k, v in tensors(self.engine.module).items()}}
                 self.waited = 0
             else:
                 self.waited += 1
