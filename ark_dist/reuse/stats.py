@@ -119,15 +119,17 @@ def groups_of(attribute: str, values: list, age_bins: Sequence[int] = (0, 40, 60
 
 
 def _columns(facts, attributes: Sequence[str], n: int) -> dict[str, list]:
-    """{attribute: per-sample values} for the attributes present in `facts` (a dict of arrays, or
-    a list of per-sample dicts where a missing key means unknown)."""
+    """{attribute: per-sample values} for the attributes some sample of `facts` has (a dict of
+    arrays, or a list of per-sample dicts where a missing key means unknown): a dataset without
+    sex, age or view gets no table of one 'unknown' group."""
     if isinstance(facts, Mapping):
-        columns = {a: list(facts[a]) for a in attributes if a in facts}
+        columns = {a: list(facts[a]) for a in attributes if a in facts and any(not _missing(v) for v in facts[a])}
     else:
         records = list(facts)
         if len(records) != n:
             raise ValueError(f"subgroup_table: facts hold {len(records)} samples, scores {n}")
-        columns = {a: [r.get(a) for r in records] for a in attributes if any(a in r for r in records)}
+        columns = {a: [r.get(a) for r in records] for a in attributes
+                   if any(not _missing(r.get(a)) for r in records)}  # a fact no sample has is no attribute
     for attribute, values in columns.items():
         if len(values) != n:
             raise ValueError(f"subgroup_table: facts[{attribute!r}] holds {len(values)} values, scores {n}")
