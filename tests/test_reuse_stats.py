@@ -97,7 +97,7 @@ def facts_and_groups(n: int, *, seed: int):
     by_hand = {
         "sex": [s or "unknown" for s in sex],
         "age": ["unknown" if not k else "out of range" if a >= 200 else
-                "0-39" if a < 40 else "40-59" if a < 60 else "60-79" if a < 80 else "80-199"
+                "0-39" if a < 40 else "40-59" if a < 60 else "60-79" if a < 80 else "80+"
                 for a, k in zip(age, age_known)],
         "view": [v or "unknown" for v in view],
     }
@@ -110,7 +110,7 @@ def test_subgroup_rows_match_each_group_by_hand():
     rows = subgroup_table(scores, labels, records, resamples=100)
     assert [(r["attribute"], r["group"]) for r in rows] == [
         ("sex", "F"), ("sex", "M"), ("sex", "unknown"),
-        ("age", "0-39"), ("age", "40-59"), ("age", "60-79"), ("age", "80-199"), ("age", "out of range"),
+        ("age", "0-39"), ("age", "40-59"), ("age", "60-79"), ("age", "80+"), ("age", "out of range"),
         ("age", "unknown"),
         ("view", "AP"), ("view", "PA"), ("view", "unknown")]
     for row in rows:

@@ -94,8 +94,9 @@ def _missing(value) -> bool:
 
 
 def _age_names(bins: Sequence[int]) -> list[str]:
-    """'40-59' for the bin [40, 60), in bin order."""
-    return [f"{low}-{high - 1}" for low, high in zip(bins, bins[1:])]
+    """'40-59' for the bin [40, 60), in bin order; the last bin '80+' (its bound only catches typos)."""
+    names = [f"{low}-{high - 1}" for low, high in zip(bins, bins[1:])]
+    return [*names[:-1], f"{bins[-2]}+"]
 
 
 def _age_group(age, bins: Sequence[int]) -> str:
