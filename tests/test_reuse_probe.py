@@ -92,6 +92,13 @@ def test_C_is_chosen_on_validation_where_test_would_choose_another(tmp_path, cap
     assert float(row["C"]) == chosen_on_val
     assert float(row["auc_val"]) == pytest.approx(auc_val[chosen_on_val])
     assert float(row["auc_test"]) == pytest.approx(auc_test[chosen_on_val])  # not the 1.0 of choosing on test
+    # subgroups.json: the same full-data model's test AUC per group (write_split: sex M, F, None by row).
+    groups = json.loads((tmp_path / "out" / "subgroups.json").read_text())
+    scores = models[chosen_on_val].decision_function(standardise(x_test, x))
+    for value, rows in (("M", np.arange(500) % 3 == 0), ("F", np.arange(500) % 3 == 1)):
+        got = next(r for r in groups if r["attribute"] == "sex" and r["group"] == value)
+        assert got["n"] == rows.sum() and got["auc"] == pytest.approx(roc_auc_score(y_test[rows], scores[rows]))
+    assert {r["group"] for r in groups if r["attribute"] == "sex"} == {"F", "M", "unknown", "gap"}
 
 
 def toy_split(n: int = 200, *, seed: int = 0):

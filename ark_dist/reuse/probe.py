@@ -45,7 +45,8 @@ SPLITS = ("train", "val", "test")
 # penalty. Features are standardised, so one decade grid serves 1-shot (small C) to full data.
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MAX_ITER = 1000
-FILES = ("probe.csv", "probe.md", "probe.png")
+FILES = ("probe.csv", "probe.md", "probe.png", "subgroups.md", "subgroups.json")
+FACTS = ("sex", "age", "view")  # the embeddings' subgroup columns
 
 
 class ProbeError(ValueError):
@@ -190,6 +191,46 @@ def probe(root: str, dataset: str, *, feature: str, shots: list[int], fractions:
     return table, train
 
 
+def read_facts(root: str, dataset: str, split: str) -> dict[str, list]:
+    """The split's subgroup columns (sex, age, view, those the files have), rows in file order."""
+    fs, parts = _parts(root, dataset, split)
+    columns: dict[str, list] = {}
+    for part in parts:
+        with fs.open(part, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in FACTS if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+        for name in present:
+            columns.setdefault(name, []).extend(table.column(name).to_pylist())
+    return columns
+
+
+def subgroups(root: str, dataset: str, *, feature: str, resamples: int = 1000) -> list[dict]:
+    """The full-data probe per subgroup: each class fitted on the whole train split (C on
+    validation, as in `probe`), its test AUC per sex, age band and view with a bootstrap interval,
+    and the gaps (`stats.subgroup_table`, `stats.gaps`)."""
+    from ark_dist.reuse import stats
+
+    train, val, test = (read_split(root, dataset, s, feature=feature) for s in SPLITS)
+    facts = read_facts(root, dataset, "test")
+    mean, std = train.features.mean(0), train.features.std(0) + 1e-6
+    x, x_val, x_test = ((s.features - mean) / std for s in (train, val, test))
+    rows = []
+    for c, label in enumerate(train.labels):
+        known, known_val, known_test = train.known[:, c], val.known[:, c], test.known[:, c]
+        y, y_val, y_test = train.target[known, c], val.target[known_val, c], test.target[known_test, c]
+        if min(len(np.unique(y)), len(np.unique(y_val)), len(np.unique(y_test))) < 2:
+            continue  # probe.csv says why
+        model, _, _ = fit_class(x[known], y, x_val=x_val[known_val], y_val=y_val)
+        scores = model.decision_function(x_test[known_test])
+        kept = {name: [v for v, ok in zip(values, known_test) if ok] for name, values in facts.items()}
+        table = stats.subgroup_table(scores, y_test.astype(int), kept, resamples=resamples)
+        rows += [{"class": label, **row} for row in table]
+        rows += [{"class": label, "attribute": g["attribute"], "group": "gap", "auc": g["gap"],
+                  "high_group": g["high_group"], "low_group": g["low_group"]} for g in stats.gaps(table)]
+    return rows
+
+
 def _score_class(x: np.ndarray, y: np.ndarray, *, val: tuple, test: tuple) -> tuple[float, float, float, str]:
     """(C, val AUC, test AUC, note) of one class fitted on (x, y); val and test are (features, targets,
     known) of the whole split. NaNs and a note where a split lacks positives or negatives."""
@@ -297,6 +338,11 @@ def main(argv: list[str]) -> int:
         write_atomic(join(out, "probe.md"), text.encode())
         title = f"{args.target}: linear probe on {args.feature} features"
         write_atomic(join(out, "probe.png"), plot(table, title=title))
+        from ark_dist.train.subgroups import markdown
+
+        groups = subgroups(args.embeddings, args.target, feature=args.feature)
+        write_atomic(join(out, "subgroups.json"), json.dumps(groups, indent=1).encode())
+        write_atomic(join(out, "subgroups.md"), markdown(groups, title=f"{title}, all of train, test split").encode())
     except ProbeError as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
