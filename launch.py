@@ -7,6 +7,8 @@
     python launch.py slurm --config FILE [key=value ...] [--submit]   fill in (and submit) the Slurm batch script
     python launch.py k8s render --config FILE [...]   KubeRay RayJob/RayCluster manifests for a recipe and a size
     python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
+    python launch.py release --checkpoint RUN --out DIR [--student]   a model folder timm loads (local-dir:/hf-hub:)
+    python launch.py predict --model DIR FILE... [--json]   a released model's probabilities for image files
     python launch.py finetune --config FILE [key=value ...]   transfer to one dataset (BenchmarkTransformers)
     python launch.py zeroshot --checkpoint X --target DATASET --map FILE [...]   an unseen set scored by the heads
     python launch.py embed --checkpoint X --datasets ... [...]   backbone and projector features as Parquet
@@ -58,6 +60,14 @@ def main(argv: list[str]) -> int:
         from ark_dist.configdoc import main as config_main
 
         return config_main(rest)
+    if command == "predict":
+        from ark_dist.predict import main as predict_main
+
+        return predict_main(rest)
+    if command == "release":
+        from ark_dist.release import main as release_main
+
+        return release_main(rest)
     if command == "export":
         from ark_dist.export import main as export_main
 

@@ -2,7 +2,8 @@
 
 Synthetic look-alikes of the six public datasets in their native layouts -> WebDataset shards in
 a local store -> Ark on a local Ray cluster (2 CPU workers, DeepSpeed, tiny Swin) -> evaluation ->
-the teacher exported for timm -> plots and a table of per-dataset AUCs. Every step says what it
+the teacher exported for timm and released as a model folder -> plots and a table of per-dataset
+AUCs -> one raw look-alike file scored by the released model. Every step says what it
 does, training shows one progress line per round (Ray's own logs go to the run folder's
 `ray_logs/`; `--verbose` prints them instead); re-running resumes (shards already built are kept,
 the run resumes by name). The look-alikes show their labels (`shards.synth.FINDINGS`), so the
@@ -51,7 +52,10 @@ def main(argv: list[str]) -> int:
     from shards.cli import main as shards
 
     from ark_dist.config import load
+    import ark_dist
     from ark_dist.export import export
+    from ark_dist.predict import table as predict_table
+    from ark_dist.release import release
     from ark_dist.report import main as report
     from ark_dist.train.console import fit_on_console
 
@@ -85,8 +89,9 @@ def main(argv: list[str]) -> int:
     if result.error:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1
-    step(f"4/5 export the teacher from {run}", started)
+    step(f"4/5 export and release the teacher from {run}", started)
     weights = export(str(run), str(out / "teacher"))
+    release(str(run), str(out / "release"))
     step("5/5 plots and summary", started)
     if report([str(run), "--out", str(out / "report")]):
         return 1
@@ -95,7 +100,11 @@ def main(argv: list[str]) -> int:
     print("\nper-dataset ROC-AUC at the last evaluation (synthetic look-alikes, each finding a texture: "
           "the numbers show that the run learned, not how Ark does on real X-rays)\n")
     print(auc_table(evaluated[-1] if evaluated else {}, cfg.data.datasets))
+    sample = sorted((raw / "chestxray14").rglob("*.png"))[0]  # one raw look-alike file, as a user would have it
+    print(f"\none raw file through the released model (python launch.py predict --model {out / 'release'} {sample}):\n")
+    print(predict_table([str(sample)], ark_dist.load(str(out / "release")).predict([sample]), top=2), end="")
     print(f"\nraw data   {raw}\nshards     {store}/manifest.json\nrun        {run} (checkpoints, metrics.jsonl, "
-          f"config.yaml, wandb/, ray_logs/)\nweights    {' '.join(weights)}\nreport     {out / 'report'}\n"
+          f"config.yaml, wandb/, ray_logs/)\nweights    {' '.join(weights)}\nrelease    {out / 'release'} "
+          f"(timm.create_model('local-dir:{out / 'release'}', pretrained=True); ark_dist.load)\nreport     {out / 'report'}\n"
           f"took       {time.perf_counter() - started:.0f} s")
     return 0

@@ -58,6 +58,11 @@ def test_launch_demo_goes_from_nothing_to_an_auc_table_weights_and_a_report(tmp_
     with safe_open(str(out / "teacher.safetensors"), "pt") as f:
         assert any(k.startswith("omni_heads.shenzhen.") for k in f.keys())
     assert (out / "teacher.pth.tar").is_file()
+    # It ends by releasing the teacher and scoring one raw look-alike file with the release.
+    assert {p.name for p in (out / "release").iterdir()} >= {"model.safetensors", "config.json", "ark_heads.safetensors",
+                                                            "README.md"}
+    scored = text[text.index("one raw file through the released model"):]
+    assert re.search(r"\| \S+\.png \| chestxray14 \| \w+ 0\.\d{3}, \w+ 0\.\d{3} \|", scored), scored
     assert all((out / "report" / name).stat().st_size > 0 for name in ("losses.png", "auc.png", "summary.md"))
     for path in (out / "store", run, out / "report"):
         assert str(path) in text

@@ -282,3 +282,63 @@ def test_a_missing_checkpoint_or_unwritable_out_is_one_line_and_writes_nothing(t
     code, out, err = _export(capsys, "--checkpoint", tmp_path / "nope", "--out", tmp_path / "missing" / "ark")
     assert (code, out) == (2, "") and len(err.splitlines()) == 1 and str(tmp_path / "missing") in err
     assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
+def test_a_release_folder_loads_in_timm_alone_and_its_card_carries_the_runs_numbers(trained, tmp_path, capsys):
+    """`launch.py release`: timm's `local-dir:` loader builds the backbone from the folder, in a
+    process that never imports ark_dist, to the features of the checkpoint's teacher; the heads
+    file names its classes; the model card's AUC table is the run's last evaluation."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from ark_dist.export import load_checkpoint
+    from ark_dist.release import main as release_main
+
+    out = tmp_path / "ark-tiny"
+    assert release_main(["--checkpoint", str(trained["run"]), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "ark-tiny.pth.tar", "ark_heads.safetensors",
+                                                    "config.json", "model.safetensors"]
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    torch.save(images, tmp_path / "images.pt")
+    script = ("import sys, timm, torch\n"
+              f"model = timm.create_model('local-dir:{out}', pretrained=True).eval()\n"
+              "assert 'ark_dist' not in sys.modules and model.num_classes == 0\n"
+              f"torch.save(model(torch.load('{tmp_path / 'images.pt'}')).detach(), '{tmp_path / 'timm.pt'}')\n"
+              "print(model.pretrained_cfg['input_size'], model.pretrained_cfg['crop_pct'])\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[3, 64, 64] 0.875" in done.stdout
+    teacher, state = load_checkpoint(str(trained["final"]))
+    with torch.no_grad():
+        expected = teacher.backbone(images)
+    torch.testing.assert_close(torch.load(tmp_path / "timm.pt"), expected, rtol=0, atol=1e-6)
+    config = json.loads((out / "config.json").read_text())
+    assert config["ark_dist"]["labels"] == state["labels"] and config["num_features"] == expected.shape[1]
+    with safe_open(str(out / "ark_heads.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["labels"]) == state["labels"]
+        assert {k.split(".")[1] for k in f.keys() if k.startswith("omni_heads.")} == set(DATASETS)
+    # The card's evaluation table: the run's last evaluation, as metrics.jsonl holds it.
+    rows = [json.loads(line) for line in (trained["final"] / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if any(k.startswith("auc/") for k in r)][-1]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: other\nlibrary_name: timm\n")
+    names = {"chexpert": "CheXpert", "shenzhen": "Shenzhen", "mean": "mean"}
+    for name, shown in names.items():
+        line = next(line for line in card.splitlines() if line.startswith(f"| {shown} |") and line.count("|") == 6)
+        cells = [c.strip() for c in line.split("|")[2:-1]]
+        values = [last.get(f"auc/{split}/{name}/{model}") for model in ("teacher", "student") for split in ("val", "test")]
+        assert cells == ["–" if v is None or v != v else f"{v:.4f}" for v in values], line
+    assert "not a medical device" in card and 'timm.create_model("local-dir:' in card
+
+
+def test_a_release_of_a_missing_run_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from ark_dist.release import main as release_main
+
+    assert release_main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and str(tmp_path / "nope") in err
+    assert not (tmp_path / "model").exists() and list(tmp_path.iterdir()) == []

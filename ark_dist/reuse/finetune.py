@@ -115,50 +115,35 @@ class FineTune:
 
     def save(self, epoch: int, metrics: dict) -> None:
         import tempfile
-        from pathlib import Path
 
         import ray.train
         from safetensors.torch import save_file
 
-        from ark_dist.train.worker import HISTORY, STATE
+        from ark_dist.train.worker import write_state
 
         with tempfile.TemporaryDirectory() as folder:
             self.engine.save_checkpoint(folder, tag="engine")
             if self.rank == 0:
                 save_file(self.best["tensors"], f"{folder}/{BEST}")
-                Path(folder, STATE).write_text(json.dumps(self.state(epoch), indent=1))
-                Path(folder, HISTORY).write_text("".join(json.dumps(row) + "\n" for row in self.history))
+                write_state(folder, self.state(epoch), self.history)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def restore(self) -> None:
-        from pathlib import Path
-
-        import ray.train
         from safetensors.torch import load_file
 
         from ark_dist.data import Cursor
-        from ark_dist.track.runfolder import run_url
-        from ark_dist.train import safeload
-        from ark_dist.train.resume import recorded_checkpoint
-        from ark_dist.train.worker import HISTORY, STATE
+        from ark_dist.train.worker import restored
 
-        checkpoint = ray.train.get_checkpoint() or recorded_checkpoint(run_url(self.cfg))
-        if checkpoint is None:
-            return
-        with checkpoint.as_directory() as folder:
-            safeload.guard(self.engine)
-            loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
-            if loaded is None:
-                raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
-            state = json.loads(Path(folder, STATE).read_text())
+        with restored(self.engine, self.cfg) as found:
+            if found is None:
+                return
+            folder, state, self.history, path = found
             if state.get("labels") != self.labels or "finetune" not in state:
-                raise ValueError(f"checkpoint {checkpoint.path} is not a fine-tune of {list(self.labels)}; "
-                                 f"start a new run name")
+                raise ValueError(f"checkpoint {path} is not a fine-tune of {list(self.labels)}; start a new run name")
             progress = state["finetune"]
             self.best = {**progress["best"], "tensors": load_file(f"{folder}/{BEST}")}
             self.waited, self.stopped = progress["waited"], progress["stopped"]
             self.cursor = Cursor(**state["cursor"])
-            self.history = [json.loads(line) for line in Path(folder, HISTORY).read_text().splitlines()]
         self.log(f"resumed at epoch {self.cursor.epoch}")
 
     # -- training ------------------------------------------------------------------------------

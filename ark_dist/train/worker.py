@@ -6,6 +6,7 @@ Every rank executes the same sequence of collectives: same rounds, same number o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +49,34 @@ def teacher_digest(teacher: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def write_state(folder: str, state: dict, history: list[dict]) -> None:
+    """A checkpoint's state.json and metrics.jsonl (rank 0, into the folder it reports)."""
+    Path(folder, STATE).write_text(json.dumps(state, indent=1))
+    Path(folder, HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+@contextlib.contextmanager
+def restored(engine, cfg: Config):
+    """The latest checkpoint of the run (Ray Train's, else ark-dist's record where the driver found
+    Ray's list cut off: resume.py) with its engine state loaded into `engine`: yields (folder,
+    state, history, checkpoint path), or None when the run has no checkpoint."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint() or recorded_checkpoint(run_url(cfg))
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        safeload.guard(engine)  # tensors and plain data only: a tampered checkpoint cannot run code
+        loaded, _ = engine.load_checkpoint(folder, tag="engine")
+        if loaded is None:  # DeepSpeed only warns when it finds nothing to load
+            raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
+        history = Path(folder, HISTORY)
+        yield (folder, json.loads(Path(folder, STATE).read_text()),
+               [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else [],
+               checkpoint.path)
 
 
 def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -118,31 +147,21 @@ class Run:
                 save_file(tensors(self.teacher), f"{folder}/{TEACHER}")
                 state = {"cursor": cursor.__dict__, "labels": self.labels, "manifest_sha256": self.manifest_sha256,
                          "config": to_dict(self.cfg)}
-                Path(folder, STATE).write_text(json.dumps(state, indent=1))
-                Path(folder, HISTORY).write_text("".join(json.dumps(row) + "\n" for row in self.history))
+                write_state(folder, state, self.history)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def restore(self) -> None:
-        import ray.train
         from safetensors.torch import load_file
 
-        # Ray Train's latest; else ark-dist's record, where the driver found Ray's list cut off (resume.py)
-        checkpoint = ray.train.get_checkpoint() or recorded_checkpoint(run_url(self.cfg))
-        if checkpoint is None:
-            return
-        with checkpoint.as_directory() as folder:
-            safeload.guard(self.engine)  # tensors and plain data only: a tampered checkpoint cannot run code
-            loaded, _ = self.engine.load_checkpoint(folder, tag="engine")
-            if loaded is None:  # DeepSpeed only warns when it finds nothing to load
-                raise RuntimeError(f"checkpoint {checkpoint.path} holds no engine state")
-            state = json.loads(Path(folder, STATE).read_text())
+        with restored(self.engine, self.cfg) as found:
+            if found is None:
+                return
+            folder, state, self.history, path = found
             if state.get("labels", self.labels) != self.labels:
-                raise ValueError(f"checkpoint {checkpoint.path}: its label spaces differ from the manifest's "
+                raise ValueError(f"checkpoint {path}: its label spaces differ from the manifest's "
                                  f"(checkpoint {state['labels']}, manifest {self.labels}); start a new run name")
             self.teacher.load_state_dict(load_file(f"{folder}/{TEACHER}"))
             self.cursor = Cursor(**state["cursor"])
-            history = Path(folder, HISTORY)
-            self.history = [json.loads(line) for line in history.read_text().splitlines()] if history.is_file() else []
         self.log(f"resumed at epoch {self.cursor.epoch}, round {self.cursor.round}, step {self.cursor.step}")
 
     # -- training ------------------------------------------------------------------------------
