@@ -20,6 +20,7 @@
     python launch.py bench data [...]         loader throughput against decode, reference, S3 and cache
     python launch.py bench step [...]         the Ark step on Ray + DeepSpeed against a plain AMP loop
     python launch.py bench embed [...]        `embed` per worker against a plain no_grad loop
+    python launch.py bench predict [...]      `predict` from files against a plain timm forward
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.reuse.bench import main as bench_embed
 
         return bench_embed(rest[1:])
+    if command == "bench" and rest[:1] == ["predict"]:
+        from ark_dist.bench_predict import main as bench_predict
+
+        return bench_predict(rest[1:])
     if command == "bench" and rest[:1] == ["step"]:
         from ark_dist.train.bench import main as bench_step
 

@@ -148,3 +148,20 @@ def test_a_colour_image_is_converted_and_said_so(released, tmp_path, capsys):
 def test_a_folder_that_is_not_a_release_is_one_line(tmp_path, capsys):
     assert main(["--model", str(tmp_path), str(tmp_path / "x.png")]) == 2
     assert "not a release folder" in capsys.readouterr().err
+
+
+def test_bench_predict_times_predict_against_a_plain_forward_of_the_same_tensors(released, tmp_path, capsys):
+    """The bench's plain path is the model's own forward on `preprocess`'s tensors: its sigmoid is
+    what `predict` returns, so the ratio compares the same work plus the files' decoding."""
+    from ark_dist.bench_predict import main as bench, write_files
+
+    model = ark_dist.load(str(released[0]))
+    files = write_files(tmp_path, count=3, side=90)
+    with torch.no_grad():
+        logits = model.heads["chestxray14"](model.projector(model.backbone(model.preprocess(files))))
+    got = torch.tensor([list(p["chestxray14"].values()) for p in model.predict(files)])
+    torch.testing.assert_close(got, torch.sigmoid(logits), rtol=0, atol=1e-6)
+    assert bench(["--tiny", "--files", "4", "--side", "64", "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["plain"] > 0 and figures["predict"] > 0
+    assert "predict from files (decode included)" in capsys.readouterr().out
