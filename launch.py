@@ -9,6 +9,7 @@
     python launch.py export --checkpoint PATH_OR_URL --out FILE [--student]   weights for timm / Ark
     python launch.py release --checkpoint RUN --out DIR [--student]   a model folder timm loads (local-dir:/hf-hub:)
     python launch.py predict --model DIR FILE... [--json]   a released model's probabilities for image files
+    python launch.py explain --model DIR --image FILE --target dataset:class | --all   a Grad-CAM heatmap
     python launch.py finetune --config FILE [key=value ...]   transfer to one dataset (BenchmarkTransformers)
     python launch.py zeroshot --checkpoint X --target DATASET --map FILE [...]   an unseen set scored by the heads
     python launch.py embed --checkpoint X --datasets ... [...]   backbone and projector features as Parquet
@@ -61,6 +62,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.configdoc import main as config_main
 
         return config_main(rest)
+    if command == "explain":
+        from ark_dist.explain import main as explain_main
+
+        return explain_main(rest)
     if command == "predict":
         from ark_dist.predict import main as predict_main
 
