@@ -244,19 +244,31 @@ def _write(files: dict[str, bytes]) -> None:
                 os.remove(temp)
 
 
-def export(checkpoint: str, out: str, *, student: bool = False) -> list[str]:
+LAYOUTS = ("current", "legacy")  # today's timm | timm 0.5.4 / the official Swin release, as Ark's code pins
+
+
+def export(checkpoint: str, out: str, *, student: bool = False, layout: str = "current") -> list[str]:
     """Export the teacher (or the student) of `checkpoint` (a checkpoint folder, or a run folder:
-    its furthest complete checkpoint) to `out` as .safetensors and .pth.tar; returns both paths."""
+    its furthest complete checkpoint) to `out` as .safetensors and .pth.tar; returns both paths.
+    `layout="legacy"`: the backbone as timm 0.5.4 keeps it and the heads numbered in the recipe's
+    dataset order (`model/legacy.py`), for Ark's own code and BenchmarkTransformers."""
+    if layout not in LAYOUTS:
+        raise ExportError(f"--layout {layout!r}: one of {', '.join(LAYOUTS)}")
     paths = outputs(out)
     _check_writable(paths)
     source = resolve_checkpoint(checkpoint, student=student)
     model, state = load_checkpoint(source, student=student)
-    tensors = exported_tensors(model)
+    if layout == "legacy":
+        from ark_dist.model.legacy import legacy_tensors
+
+        tensors = legacy_tensors(model, list(state["labels"]))
+    else:
+        tensors = exported_tensors(model)
     from safetensors.torch import save
 
     buffer = io.BytesIO()
     torch.save(tensors, buffer)  # the flat {key: tensor} dict: loadable with weights_only=True
-    meta = metadata(model, state, source=source, which="student" if student else "teacher")
+    meta = {**metadata(model, state, source=source, which="student" if student else "teacher"), "layout": layout}
     _write({paths[0]: save(tensors, metadata=meta), paths[1]: buffer.getvalue()})
     return list(paths)
 
@@ -270,9 +282,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True,
                    help="FILE.safetensors, FILE.pth.tar or a stem; both files are written (local or s3://)")
     p.add_argument("--student", action="store_true", help="export the student instead of the EMA teacher")
+    p.add_argument("--layout", choices=LAYOUTS, default="current",
+                   help="legacy: timm 0.5.4's Swin keys and numbered heads, for Ark's code and BenchmarkTransformers")
     args = p.parse_args(argv)
     try:
-        written = export(args.checkpoint, args.out, student=args.student)
+        written = export(args.checkpoint, args.out, student=args.student, layout=args.layout)
     except ExportError as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2

@@ -44,7 +44,9 @@ def args(store, runs, name: str, *extra: str) -> list[str]:
     which is YAML)."""
     from ark_dist.config import to_dict
 
-    cfg = tiny_config(store, runs, name, "train.checkpoint_every=1", *extra)
+    # Every checkpoint is kept: a test that waits for one (mid-round, say) polls every 0.2 s, while
+    # the default 2 kept at a checkpoint a step would live for a few tiny steps and could be missed.
+    cfg = tiny_config(store, runs, name, "train.checkpoint_every=1", "train.keep_checkpoints=1000", *extra)
     return [f"{section}={json.dumps(values)}" for section, values in to_dict(cfg).items()]
 
 

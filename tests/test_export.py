@@ -342,3 +342,39 @@ def test_a_release_of_a_missing_run_is_one_line_and_writes_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and str(tmp_path / "nope") in err
     assert not (tmp_path / "model").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_legacy_layout_is_timm_0_5_4s_and_timms_converter_turns_it_back(trained, tmp_path, capsys):
+    """`export --layout legacy`: the keys of the official Swin release (patch merging one stage
+    back, the blocks' buffers) and heads numbered in the recipe's order; timm's own
+    checkpoint_filter_fn gives back today's export tensor for tensor; reuse loads it as the same model."""
+    from safetensors.torch import load_file
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    from ark_dist.export import load_checkpoint
+    from ark_dist.reuse.init import load_model
+    from test_weights import official_release
+
+    assert _export(capsys, "--checkpoint", trained["final"], "--out", tmp_path / "now")[0] == 0
+    assert _export(capsys, "--checkpoint", trained["final"], "--out", tmp_path / "old", "--layout", "legacy")[0] == 0
+    current, legacy = load_file(tmp_path / "now.safetensors"), load_file(tmp_path / "old.safetensors")
+    assert torch.load(tmp_path / "old.pth.tar", weights_only=True).keys() == legacy.keys()
+    teacher, state = load_checkpoint(str(trained["final"]))
+    # The official release's keys, written from its description (tests/test_weights.py), less its classifier.
+    official = {k for k in official_release(teacher.backbone, swin=TINY) if not k.startswith("head.")}
+    assert {k for k in legacy if not k.startswith(("projector.", "omni_heads."))} == official
+    assert {k.rsplit(".", 1)[0] for k in legacy if k.startswith("omni_heads.")} == {
+        f"omni_heads.{i}" for i in range(len(DATASETS))}
+    back = checkpoint_filter_fn({k: v for k, v in legacy.items() if not k.startswith(("projector.", "omni_heads."))},
+                                teacher.backbone)
+    heads = {f"omni_heads.{DATASETS[int(k.split('.')[1])]}.{k.split('.', 2)[2]}": v
+             for k, v in legacy.items() if k.startswith("omni_heads.")}
+    rebuilt = {**back, **heads, **{k: v for k, v in legacy.items() if k.startswith("projector.")}}
+    assert rebuilt.keys() == current.keys() and all(torch.equal(rebuilt[k], current[k]) for k in current)
+    a, _ = load_model(str(tmp_path / "now.safetensors"), log=lambda *_: None)
+    b, labels = load_model(str(tmp_path / "old.safetensors"), log=lambda *_: None)
+    assert labels == state["labels"]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        x, y = a(images), b(images)
+    assert all(torch.equal(x.logits[d], y.logits[d]) for d in DATASETS)

@@ -67,8 +67,12 @@ def _from_export(url: str, meta: dict, *, log) -> tuple[ArkModel, dict[str, list
     with torch.random.fork_rng(devices=[]):
         model = ArkModel(config, heads={name: len(names) for name, names in labels.items()})
     fs, path = filesystem(url)
-    tensors = {(k if k.startswith(("projector.", "omni_heads.")) else f"backbone.{k}"): v
-               for k, v in load(fs.cat_file(path)).items()}
+    raw = load(fs.cat_file(path))
+    if meta.get("layout") == "legacy":  # timm 0.5.4's keys and numbered heads: back through timm's converter
+        from ark_dist.model.legacy import current_tensors
+
+        raw = current_tensors(raw, backbone=model.backbone, datasets=list(labels))
+    tensors = {(k if k.startswith(("projector.", "omni_heads.")) else f"backbone.{k}"): v for k, v in raw.items()}
     result = model.load_state_dict(tensors, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{url}: does not match the model its metadata describes: missing "
