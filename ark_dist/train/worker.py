@@ -346,7 +346,7 @@ def train_loop(config: dict) -> None:
     quiet_report_lines()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
     if cfg.finetune.target is not None:  # a fine-tune (launch.py finetune) rather than Ark's pretraining
-        from ark_dist.reuse.finetune import FineTune
+        from ark_dist.reuse.finetune_worker import FineTune
 
         FineTune(cfg).fit()
     else:
