@@ -66,7 +66,7 @@ def heatmap(model, image, *, dataset: str, label: str, method: str = "gradcam") 
     with cam_class(model=_Head(model, dataset).eval(), target_layers=[target_layer(model)],
                    reshape_transform=_tokens_to_maps) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
-    probability = model.predict([image])[0][dataset][label]
+    probability = model.scores(x)[dataset][0, index]  # the same input: no second decode
     from ark_dist.data.views import IMAGENET_MEAN, IMAGENET_STD
 
     grey = (x[0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(0, 1).numpy()

@@ -129,12 +129,18 @@ class ReleasedModel(nn.Module):
         return self.backbone(self.preprocess(images).to(_device(self)))
 
     @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{dataset: (N, classes)} of preprocessed inputs: softmax for a multi-class head, sigmoid for the others."""
+        projected = self.projector(self.backbone(x.to(_device(self))))
+        out = {}
+        for name in self.labels:
+            logits = self.heads[name](projected).float()
+            out[name] = torch.softmax(logits, dim=-1) if self.tasks.get(name) == "multiclass" else torch.sigmoid(logits)
+        return out
+
     def probabilities(self, images) -> dict[str, torch.Tensor]:
-        """{dataset: (N, classes)}: softmax for a multi-class head, sigmoid for the others."""
-        projected = self.projector(self.embed(images))
-        return {name: (torch.softmax if self.tasks.get(name) == "multiclass" else torch.sigmoid)(
-            self.heads[name](projected).float(), **({"dim": -1} if self.tasks.get(name) == "multiclass" else {}))
-            for name in self.labels}
+        """`scores` of image inputs."""
+        return self.scores(self.preprocess(images))
 
     def predict(self, images) -> list[dict[str, dict[str, float]]]:
         """Per image: {dataset: {class: probability}}."""

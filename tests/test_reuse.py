@@ -127,7 +127,8 @@ def test_zeroshot_from_a_published_ark_file_equals_zeroshot_from_our_export_of_i
                               "--out", str(out), "--image-size", str(SIZE), "--loader-workers", "0",
                               "--resamples", "50", *extra]) == 0
         found[name] = json.loads((out / "zeroshot.json").read_text())["classes"]["Nodule"]["auc"]
-    assert found["ark6.pth.tar"] == found["ours.safetensors"] is not None
+    assert found["ours.safetensors"] is not None  # the look-alike's split has both outcomes
+    assert found["ark6.pth.tar"] == found["ours.safetensors"]
 
 
 def test_a_map_naming_a_class_the_model_lacks_is_one_line(store, export, tmp_path, capsys):

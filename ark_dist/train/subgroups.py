@@ -46,14 +46,14 @@ def interval_rows(scores: np.ndarray, targets: np.ndarray, masks: np.ndarray, fa
     """Per class and group: {class, attribute, group, auc, low, high, n, positives, redrawn}, and a
     row per class and attribute with group "gap" (`stats.gaps`: best minus worst group)."""
     rows = []
-    present = tuple(a for a in ATTRIBUTES if any(f.get(a) is not None for f in facts))  # a dataset's own facts
     for k, name in enumerate(labels):
         keep = masks[:, k] > 0
-        if not keep.any() or not present:
+        if not keep.any():
             continue
         kept = [f for f, ok in zip(facts, keep) if ok]
+        # An attribute no kept sample has (a dataset without sex) makes no rows: stats leaves it out.
         table = stats.subgroup_table(scores[keep, k], (targets[keep, k] >= 0.5).astype(np.int64), kept,
-                                     attributes=present, resamples=resamples)
+                                     attributes=ATTRIBUTES, resamples=resamples)
         rows += [{"class": name, **row} for row in table]
         rows += [{"class": name, "attribute": gap["attribute"], "group": "gap", "auc": gap["gap"],
                   "high_group": gap["high_group"], "low_group": gap["low_group"]} for gap in stats.gaps(table)]
