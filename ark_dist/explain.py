@@ -80,17 +80,21 @@ def overlay(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return show_cam_on_image(np.repeat(grey[..., None], 3, axis=2).astype(np.float32), heat, use_rgb=True)
 
 
-def grid(panels: list[tuple[str, np.ndarray]]) -> bytes:
-    """PNG of titled overlays side by side."""
+def grid(panels: list[tuple[str, np.ndarray]], *, columns: int | None = None) -> bytes:
+    """PNG of titled overlays, `columns` to a row (default: all in one row)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3 * len(panels), 3.3), layout="constrained")
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3 * columns, 3.3 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    for ax, (title, picture) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (title, picture) in zip(axes, panels):
         ax.imshow(picture)
         ax.set_title(title, fontsize="small")
-        ax.set_axis_off()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -75,6 +75,12 @@ def _read_state(fs, path: str, url: str) -> dict:
     return state
 
 
+def checkpoint_state(url: str) -> dict:
+    """A checkpoint folder's state.json (cursor, labels, manifest sha256, resolved config)."""
+    fs, path = filesystem(url)
+    return _read_state(fs, posixpath.join(path, STATE), f"{url}/{STATE}")
+
+
 def _cursor(state: dict, url: str) -> tuple[int, int, int]:
     try:
         return tuple(int(state["cursor"][k]) for k in ("epoch", "round", "step"))

@@ -5,7 +5,7 @@ RUN is a run folder (local or s3://) holding `metrics.jsonl`, one JSON object pe
 step), auc.png (a panel per dataset and the mean: teacher and student, val solid and test dashed,
 against epochs done), schedule.png (lr, ema/momentum, consistency/coef against step), subgroups.png
 (each dataset's headline AUC per sex, age band and view at the last evaluation that has them:
-teacher, test split) and summary.md.
+teacher, test split) and summary.md; with `--heatmaps N`, heatmaps.png (ark_dist/heatmaps.py).
 All is drawn in a temporary folder and renamed into place, so every file is whole or absent; a user
 mistake (no folder, no metrics, a bad line) is one `error:` line and exit code 2."""
 
@@ -30,6 +30,7 @@ from ark_dist.fs import filesystem, is_local, join
 # ark_dist.track.runfolder.METRICS, not imported: that module pulls in torch through the config tree.
 METRICS = "metrics.jsonl"
 FILES = ("losses.png", "auc.png", "schedule.png", "subgroups.png", "summary.md")
+HEATMAPS = "heatmaps.png"  # with --heatmaps N
 SCHEDULE = ("lr", "ema/momentum", "consistency/coef")
 # The keys read here must hold numbers where present; any other key may hold anything.
 NUMERIC_KEYS = ("step", "epochs_done", "throughput/img_per_s", "time/data_wait_pct", *SCHEDULE)
@@ -306,9 +307,11 @@ def _run_name(run: str) -> str:
     return run.rstrip("/").rsplit("/", 1)[-1]
 
 
-def write_report(rows: list[dict], out: Path, *, run: str) -> tuple[Series, str]:
+def write_report(rows: list[dict], out: Path, *, run: str, heatmaps: int = 0) -> tuple[Series, str]:
     """Draw and summarise into a temporary folder beside `out`, then move it into place: a new `out`
-    appears whole, an existing one has each report file replaced atomically. Returns (series, summary)."""
+    appears whole, an existing one has each report file replaced atomically. With `heatmaps`, also
+    heatmaps.png: that many validation images per dataset explained by the run's latest teacher.
+    Returns (series, summary)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -316,8 +319,12 @@ def write_report(rows: list[dict], out: Path, *, run: str) -> tuple[Series, str]
         series = draw(rows, tmp)
         text = summary(rows, run=run)
         (tmp / "summary.md").write_text(text)
+        if heatmaps:
+            from ark_dist.heatmaps import run_heatmaps  # torch and the model: only when asked
+
+            (tmp / HEATMAPS).write_bytes(run_heatmaps(run, per_dataset=heatmaps))
         if out.is_dir():
-            for name in FILES:
+            for name in FILES + ((HEATMAPS,) if heatmaps else ()):
                 os.replace(tmp / name, out / name)
         else:
             tmp.rename(out)
@@ -342,14 +349,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch.py report", description="Plots and a summary of a run's metrics.")
     parser.add_argument("run", help="run folder: a local path or an s3:// URL (AWS_ENDPOINT_URL for other stores)")
     parser.add_argument("--out", help="local output folder (default: RUN/report, or ./report-<name> for a URL)")
+    parser.add_argument("--heatmaps", type=int, default=0, metavar="N",
+                        help="also heatmaps.png: Grad-CAM of the latest teacher's top class on N validation images "
+                             "per dataset (reads the run's checkpoint and store)")
     args = parser.parse_args(argv)
     try:
+        if args.heatmaps < 0:
+            raise ReportError(f"--heatmaps {args.heatmaps}: a number of images, 0 or more")
         rows = read_metrics(args.run)
         out = _out_dir(args.run, args.out)
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _, text = write_report(rows, out, run=args.run, heatmaps=args.heatmaps)
+    except (ReportError, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
-    _, text = write_report(rows, out, run=args.run)
     print(text)
-    print(f"wrote {out}/: {' '.join(FILES)}")
+    print(f"wrote {out}/: {' '.join(FILES + ((HEATMAPS,) if args.heatmaps else ()))}")
     return 0

@@ -165,3 +165,24 @@ def test_bench_predict_times_predict_against_a_plain_forward_of_the_same_tensors
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["plain"] > 0 and figures["predict"] > 0
     assert "predict from files (decode included)" in capsys.readouterr().out
+
+
+def test_report_heatmaps_explain_the_first_validation_images_of_every_dataset(released, six_store, tmp_path, capsys):
+    from PIL import Image
+
+    from ark_dist.heatmaps import validation_images
+    from ark_dist.report import main as report_main
+
+    folder, _, cfg = released
+    run = folder.parent  # the run folder: its checkpoint_000001 and metrics.jsonl
+    (run / "metrics.jsonl").write_text((run / "checkpoint_000001" / "metrics.jsonl").read_text())
+    taken = validation_images(cfg, per_dataset=2)
+    for dataset in DATASETS:
+        stored = [i for i, facts in read_store_samples(six_store, dataset).items() if facts["_split"] == "val"]
+        assert [s for d, s, _ in taken if d == dataset] == stored[:2]  # the split's first two, in shard order
+    assert report_main([str(run), "--out", str(tmp_path / "report"), "--heatmaps", "2"]) == 0
+    assert "heatmaps.png" in capsys.readouterr().out
+    # One row of two panels per dataset: 3 x 3.3 inches a panel at 100 dpi.
+    assert Image.open(tmp_path / "report" / "heatmaps.png").size == (600, 330 * len(DATASETS))
+    assert report_main([str(run), "--out", str(tmp_path / "bad"), "--heatmaps", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --heatmaps -1") and not (tmp_path / "bad").exists()
