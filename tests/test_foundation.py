@@ -1,0 +1,190 @@
+"""Foundation X's model and method parts, in-process on a tiny Swin: each task's forward and
+backward reaches the parts it should, an Ark export loads with every key reported, every parameter
+is in an optimizer group, a lock pass leaves the trunk bitwise unchanged (and the release pass
+moves it), the teacher's EMA covers the buffers, and the reference's 20-step cycle gives its passes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ark_dist.method.config import FoundationConfig
+from ark_dist.method.foundation import (TRUNK, Pass, Step, cycle_lr_scale, ema_module, feature_consistency,
+                                        group_scales, parameter_groups, pass_steps, passes, seg_loss, ungrouped)
+from ark_dist.model import load_pretrained
+from ark_dist.model.config import DenseConfig, ModelConfig
+from ark_dist.model.foundation import FoundationModel
+from conftest import TINY_SWIN, tiny_export
+
+SIDE = 64
+CLASSES = {"node21": 1, "chestx_det": 3, "chexpert": 5}
+BOXES = {"node21": 1, "chestx_det": 3}
+MASKS = {"chestx_det": 3, "siim_acr": 1}
+# The reference's cycle (DESIGN 8), in its order.
+REFERENCE = ["chexpert:cls", "chestxray14:cls", "vindr_cxr:cls", "shenzhen:cls", "mimic_cxr:cls", "tbx11k:cls",
+             "tbx11k:loc", "node21:cls", "node21:loc", "candid_ptx:cls", "candid_ptx:loc", "candid_ptx:seg",
+             "rsna_pneumonia:cls", "rsna_pneumonia:loc", "chestx_det:cls", "chestx_det:loc", "chestx_det:seg",
+             "siim_acr:cls", "siim_acr:loc", "siim_acr:seg"]
+
+
+def _model(seed: int = 0, projector: str = "none") -> FoundationModel:
+    torch.manual_seed(seed)
+    config = ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY_SWIN, projector=projector,
+                         projector_dim=32, dense=DenseConfig(loc_channels=32, loc_convs=1, seg_channels=16))
+    return FoundationModel(config, classes=CLASSES, boxes=BOXES, masks=MASKS)
+
+
+def _boxes(batch: int, classes: int) -> list[dict]:
+    return [{"boxes": torch.tensor([[8.0, 10.0, 30.0, 28.0]]), "labels": torch.tensor([i % classes])}
+            for i in range(batch)]
+
+
+def _loss(model: FoundationModel, images: torch.Tensor, step: Step) -> torch.Tensor:
+    out = model(images, task=step.task, dataset=step.dataset)
+    if step.task == "cls":
+        return out.logits[step.dataset].square().mean()
+    if step.task == "loc":
+        return sum(model.loc_heads[step.dataset].loss(out.loc, _boxes(len(images), BOXES[step.dataset])).values())
+    target = (torch.rand(out.masks.shape) > 0.7).float()
+    return seg_loss(out.masks, target=target, known=torch.ones(out.masks.shape[:2], dtype=torch.bool), bce=1.0)
+
+
+@pytest.mark.parametrize("step, reached, untouched", [
+    (Step("chexpert", "cls"), {"backbone", "omni_heads.chexpert"}, {"omni_heads.node21", "loc_neck", "seg_decoder"}),
+    (Step("node21", "loc"), {"backbone", "loc_neck", "loc_heads.node21"}, {"loc_heads.chestx_det", "seg_decoder"}),
+    (Step("siim_acr", "seg"), {"backbone", "seg_decoder", "seg_heads.siim_acr"}, {"seg_heads.chestx_det", "loc_neck"}),
+])
+def test_each_task_trains_the_backbone_its_shared_part_and_its_own_head_only(step, reached, untouched):
+    model = _model()
+    _loss(model, torch.randn(2, 3, SIDE, SIDE), step).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for prefix in reached:
+        assert any(n.startswith(prefix + ".") for n in with_grad), prefix
+    for prefix in untouched:
+        assert not any(n.startswith(prefix + ".") for n in with_grad), prefix
+
+
+def test_outputs_have_the_task_shapes_and_detections_decode_to_input_pixels():
+    model = _model().eval()
+    images = torch.randn(3, 3, SIDE, SIDE)
+    assert model(images, task="cls", dataset="chestx_det").logits["chestx_det"].shape == (3, 3)
+    assert model(images, task="seg", dataset="chestx_det").masks.shape == (3, 3, SIDE, SIDE)
+    out = model(images, task="loc", dataset="chestx_det")
+    detections = model.loc_heads["chestx_det"].detect(out.loc)
+    assert len(detections) == 3
+    for found in detections:
+        assert found["boxes"].shape[1] == 4 and len(found["boxes"]) == len(found["scores"]) == len(found["labels"])
+        assert found["boxes"].min() >= 0 and found["boxes"].max() <= SIDE and found["labels"].max() < 3
+    with pytest.raises(ValueError, match="task 'box'"):
+        model(images, task="box", dataset="node21")
+
+
+def test_an_ark_export_loads_into_the_backbone_projector_and_heads_with_every_key_reported(tmp_path):
+    from safetensors.torch import load_file
+
+    url = tiny_export(tmp_path / "ark.safetensors", {"chexpert": list("abcde"), "shenzhen": ["TB"]}, seed=3)
+    model, lines = _model(projector="linear"), []
+    missing, unexpected = load_pretrained(model, url, log=lines.append)
+    exported = load_file(url)
+    state = model.state_dict()
+    backbone = [k for k in exported if not k.startswith(("projector.", "omni_heads."))]
+    assert backbone and all(torch.equal(state[f"backbone.{k}"], exported[k]) for k in backbone)
+    assert torch.equal(state["projector.weight"], exported["projector.weight"])
+    assert torch.equal(state["omni_heads.chexpert.weight"], exported["omni_heads.chexpert.weight"])
+    assert missing == [] and sorted(unexpected) == ["omni_heads.shenzhen.bias", "omni_heads.shenzhen.weight"]
+    assert "omni_heads.shenzhen.weight [no such tensor in the model]" in lines[0]
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group_and_the_backbone_gets_its_own_lr():
+    model = _model(projector="linear")
+    groups = parameter_groups(model, lr=1e-4, backbone_lr_scale=0.1, weight_decay=1e-4)
+    assert ungrouped(model, groups) == []
+    held = [id(p) for g in groups for p in g["params"]]
+    assert len(held) == len(set(held)) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert {g["name"]: g["lr"] for g in groups}["backbone"] == pytest.approx(1e-5)
+    assert all(g["lr"] == 1e-4 for g in groups if g["name"] != "backbone")
+    # The check itself finds what a group list leaves out (the reference's bug: the loc outputs).
+    partial = [g for g in groups if g["name"] != "loc_heads"]
+    expected = [n for n, _ in model.named_parameters() if n.startswith("loc_heads.")]
+    assert expected and ungrouped(model, partial) == expected
+
+
+@pytest.mark.parametrize("task", ["loc", "seg"])
+def test_a_lock_pass_leaves_the_trunk_bitwise_unchanged_and_the_release_pass_moves_it(task):
+    dataset = "chestx_det"
+    model = _model()
+    groups = parameter_groups(model, lr=1e-2, backbone_lr_scale=0.1, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(groups)
+    step = Step(dataset, task)
+    lock, release = Pass(step, "lock", 0.5), Pass(step, "release", 1.0)
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def train(item: Pass, steps: int) -> None:
+        for group, lr, scale in zip(optimizer.param_groups, base, group_scales(groups, item)):
+            group["lr"] = lr * scale
+        for _ in range(steps):
+            optimizer.zero_grad()
+            _loss(model, torch.randn(2, 3, SIDE, SIDE), step).backward()
+            optimizer.step()
+
+    train(release, 2)  # the trunk's Adam moments are not zero when the lock comes
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(lock, 3)
+    trunk = [n for n in before if n.split(".")[0] in TRUNK[task]]
+    own = [n for n in before if n.startswith(f"{task}_heads.{dataset}.")]
+    assert trunk and all(torch.equal(before[n], dict(model.named_parameters())[n]) for n in trunk)
+    assert all(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in own)
+    train(release, 1)
+    assert any(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in trunk if "backbone" in n)
+
+
+def test_the_teacher_ema_averages_parameters_and_batchnorm_statistics():
+    student, teacher = _model(seed=1), _model(seed=2)
+    student.train()
+    student(torch.randn(4, 3, SIDE, SIDE), task="seg", dataset="siim_acr")  # moves BatchNorm's running stats
+    before = [b.clone() for b in teacher.buffers()]
+    before_params = [p.detach().clone() for p in teacher.parameters()]
+    ema_module(teacher, student_params=student.parameters(), student_buffers=student.buffers(), m=0.8)
+    bn = [i for i, (n, _) in enumerate(teacher.named_buffers()) if n.endswith("running_mean")]
+    assert bn
+    for t, s, b in zip(teacher.buffers(), student.buffers(), before):
+        if t.is_floating_point():
+            torch.testing.assert_close(t, 0.8 * b + 0.2 * s, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(t, s)  # counters are copied
+    after = list(teacher.buffers())
+    assert all(not torch.equal(after[i], before[i]) for i in bn)  # the statistics did move
+    for t, s, b in zip(teacher.parameters(), student.parameters(), before_params):
+        torch.testing.assert_close(t, 0.8 * b + 0.2 * s.detach(), rtol=0, atol=1e-6)
+
+
+def test_the_reference_cycle_gives_eleven_passes_and_nine_lock_release_pairs():
+    config = FoundationConfig(steps=REFERENCE)
+    config.validate()
+    cycle = passes(config)
+    assert len(cycle) == 11 + 2 * 9  # 11 classification steps, 6 loc + 3 seg steps of two passes each
+    assert [str(p.step) for p in cycle if p.kind != "release"] == REFERENCE
+    locks = [p for p in cycle if p.kind == "lock"]
+    assert [p.locked for p in locks[:1]] == [("backbone", "loc_neck")] and all(p.fraction == 0.5 for p in locks)
+    assert pass_steps(locks[0], round_steps=7) == 3 and pass_steps(locks[0], round_steps=1) == 1
+    assert pass_steps(cycle[0], round_steps=7) == 7
+    with pytest.raises(ValueError, match="'node21:box'"):
+        FoundationConfig(steps=["node21:box"]).validate()
+
+
+def test_the_cycle_lr_is_a_twentieth_then_a_cosine_stepped_per_cycle():
+    assert cycle_lr_scale(0, cycles=5) == 0.05
+    assert [cycle_lr_scale(c, cycles=5) for c in range(1, 5)] == pytest.approx(
+        [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2])
+
+
+def test_feature_consistency_normalises_dense_maps_and_reaches_only_the_student():
+    student = torch.randn(2, 4, 3, 3, requires_grad=True)
+    teacher = student.detach() * 3  # the same directions, three times as long
+    assert feature_consistency([student], [teacher], normalize=True).item() == pytest.approx(0.0, abs=1e-10)
+    plain = feature_consistency([student], [teacher], normalize=False)
+    assert plain.item() == pytest.approx((4 * student.detach() ** 2).mean().item())
+    plain.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
