@@ -113,7 +113,8 @@ def test_readable_types(rows):
 def test_sections_in_tree_order(reference):
     headings = re.findall(r"^### `([^`]+)`", reference, flags=re.M)
     assert headings[:5] == ["data", "data.store", "data.policies.<dataset>", "data.default_policy", "data.views"]
-    assert headings[5:] == ["model", "method", "optim", "engine", "train", "tracking", "tune", "finetune"]
+    assert headings[5:] == ["model", "model.dense", "method", "method.foundation", "optim", "engine", "train", "tracking",
+                            "tune", "finetune"]
 
 
 def test_field_comments_belong_to_their_own_line():

@@ -72,6 +72,7 @@ class ViewConfig:
     gamma: tuple[float, float] = (0.8, 1.2)  # photometric: gamma drawn from U(a, b)
     eval_crop: float = 224 / 256  # evaluation: centre crop of this share of the (resized) image
     ten_crop: bool = False  # evaluation: average over ten crops
+    box_min_visible: float = 0.25  # boxes: one keeping less than this share of its warped area inside a view is dropped
 
     def validate(self) -> None:
         if self.image_size < 16 or self.load_size < self.image_size // 2:
@@ -81,6 +82,8 @@ class ViewConfig:
         for name in ("shift_scale_rotate_p", "photometric_p", "hflip_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability")
+        if not 0 <= self.box_min_visible <= 1:
+            raise ValueError(f"box_min_visible={self.box_min_visible} must be within [0, 1]")
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,11 @@ shuffles exactly that range (`share`).
 
 A sample is a dict that grows as it flows: `key`, `shard` (its URL), `position`, `parts` (raw bytes) after
 `tar_samples`; `image` (1, L, L) uint8, `size` (w, h) and `facts` after `decode`; `target`/`mask`
-after `label`; `theta_student`/`theta_teacher`/`photo` after `views`.
+after `label`; `theta_student`/`theta_teacher`/`photo` after `views`. A stream asked for dense
+targets (`decode(..., dense=DenseSpec)`) also gets, after `decode`, `masks` (C, L, L) uint8 0/1 and
+`mask_known` (C,) bool (C: the manifest's mask classes), `boxes` (N, 4) float32 xyxy in stored
+pixels and `box_labels` (N,) int64; they stay in the stored image's frame until the device warps
+them with the image (views.warp_boxes, views.warp_masks).
 """
 
 from __future__ import annotations
@@ -23,14 +27,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ark_dist.data.dense import DenseSpec, dense_targets
+from ark_dist.data.errors import DataError
 from ark_dist.data.labels import LabelPolicy
 from ark_dist.data.remote import BadShard, Store
 from ark_dist.data.views import draw_views
 from shards.samples import safe_member, split_member
-
-
-class DataError(RuntimeError):
-    """Too many bad samples, or a stream that cannot go on: names the dataset and shard."""
 
 
 class Counters:
@@ -287,8 +289,10 @@ def decode_image(data: bytes, load_size: int) -> tuple[np.ndarray, tuple[int, in
     return np.asarray(img), size
 
 
-def decode(samples: Iterable[dict], load_size: int, counters: Counters) -> Iterator[dict]:
-    """Image bytes -> uint8 canvas; JSON -> facts. Undecodable samples are skipped and counted."""
+def decode(samples: Iterable[dict], load_size: int, counters: Counters, *,
+           dense: DenseSpec | None = None) -> Iterator[dict]:
+    """Image bytes -> uint8 canvas; JSON -> facts; with `dense`, mask members and boxes too.
+    Undecodable samples (a corrupt mask included) are skipped and counted."""
     for sample in samples:
         parts = sample.pop("parts")
         image = parts.get("jpg", parts.get("png"))
@@ -297,11 +301,13 @@ def decode(samples: Iterable[dict], load_size: int, counters: Counters) -> Itera
                 raise ValueError(f"members {sorted(parts)}: no image or no json")
             pixels, size = decode_image(image, load_size)
             facts = json.loads(parts["json"])
+            extra = {} if dense is None else dense_targets(parts, facts, spec=dense, stored_size=size,
+                                                            load_size=load_size, where=sample["key"])
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             counters.bad(f"{sample['key']} in {sample['shard']}: {type(exc).__name__}: {exc}")
             continue
         counters.samples += 1
-        sample.update(image=torch.from_numpy(pixels.copy()).unsqueeze(0), size=size, facts=facts)
+        sample.update(image=torch.from_numpy(pixels.copy()).unsqueeze(0), size=size, facts=facts, **extra)
         yield sample
 
 
@@ -334,7 +340,8 @@ def batched(samples: Iterable[dict], size: int, counters: Counters, *, partial: 
         yield collate(chunk, counters)
 
 
-TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset")
+TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "masks", "mask_known")
+RAGGED = ("boxes", "box_labels")  # lists: a sample has any number of boxes
 
 
 SUBGROUPS = ("sex", "age", "view")  # sample facts an evaluation can break its AUC down by, where a dataset has them
@@ -342,6 +349,9 @@ SUBGROUPS = ("sex", "age", "view")  # sample facts an evaluation can break its A
 
 def collate(chunk: list[dict], counters: Counters) -> dict:
     batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}
+    if "boxes" in chunk[0]:  # dense: boxes stay in stored pixels; `size` lets the device warp them
+        batch.update({k: [s[k] for s in chunk] for k in RAGGED})
+        batch["size"] = torch.tensor([s["size"] for s in chunk], dtype=torch.int64)  # (B, 2) stored (w, h)
     batch["ids"] = [s["facts"]["id"] for s in chunk]
     batch["subgroups"] = [{k: s["facts"].get(k) for k in SUBGROUPS} for s in chunk]  # for per-group AUCs
     batch["valid"] = torch.ones(len(chunk), dtype=torch.bool)

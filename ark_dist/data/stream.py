@@ -11,6 +11,10 @@ Evaluation: sample g (in manifest shard order) belongs to rank g % world; each r
 processes split the shards. Every sample is seen once across ranks, and every rank yields the
 same number of batches: short ranks pad with batches whose `valid` mask is all False.
 
+Dense targets (`dense=True`; Foundation X's localization and segmentation rounds) add each
+sample's masks and boxes (stages.decode); off, a stream decodes and yields exactly what it did
+before. The interleaved schedule carries class targets only.
+
 `data.exclude` leaves samples out of every stream before anything else sees them (so a resumed
 stream skips what the uninterrupted one read): evaluation has fewer samples, and a training range
 left short reads on into the samples after it, as after bad samples.
@@ -119,6 +123,10 @@ def _counters(entry: dict, config: DataConfig) -> stages.Counters:
     return stages.Counters(entry["name"], max_bad_fraction=config.bad_sample_fraction, min_bad=config.bad_sample_min)
 
 
+def _dense(entry: dict, dense: bool) -> stages.DenseSpec | None:
+    return stages.DenseSpec.of(entry) if dense else None
+
+
 def _policy(entry: dict, config: DataConfig, seed: int) -> LabelPolicy:
     return LabelPolicy(labels=entry["labels"], task=entry["task"], policy=config.policy(entry["name"]), seed=seed)
 
@@ -129,14 +137,16 @@ class TrainStream(IterableDataset):
 
     Batch k comes from loader slot k % W (W loader processes); a slot's randomness is seeded by
     (seed, epoch, round, rank, slot, dataset), so the stream is a function of the cursor and W.
-    Resuming skips samples without decoding them: exact unless a skipped sample was undecodable."""
+    Resuming skips samples without decoding them: exact unless a skipped sample was undecodable.
+    `dense`: batches also carry masks and boxes (stages.collate)."""
 
     def __init__(self, *, entry: dict, config: DataConfig, seed: int, cursor: Cursor, rank: int,
-                 batch_size: int, num_batches: int, world: int = 1):
+                 batch_size: int, num_batches: int, world: int = 1, dense: bool = False):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of world {world}'s ranks")
         self.entry, self.config, self.seed, self.cursor = entry, config, seed, cursor
         self.rank, self.world, self.batch_size, self.num_batches = rank, world, batch_size, num_batches
+        self.dense = dense
 
     def __iter__(self):
         worker, workers = _worker()
@@ -155,7 +165,8 @@ class TrainStream(IterableDataset):
                                       batch_size=self.batch_size)
         counters = _counters(self.entry, self.config)
         stream = _train_samples(self.entry, self.config, seed=self.seed, cursor=self.cursor, rank=self.rank, slot=slot,
-                                skip=done * self.batch_size, counters=counters, share=share)
+                                skip=done * self.batch_size, counters=counters, share=share,
+                                dense=_dense(self.entry, self.dense))
         batches = stages.batched(stream, self.batch_size, counters, partial=False)
         for count, batch in zip(range(todo), batches):
             batch["stats"][0]["worker"] = slot
@@ -164,10 +175,11 @@ class TrainStream(IterableDataset):
 
 
 def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor, rank: int, slot: int, skip: int,
-                   counters: stages.Counters, share: tuple[int, int] | None):
+                   counters: stages.Counters, share: tuple[int, int] | None, dense: stages.DenseSpec | None = None):
     """One dataset's training samples for a loader slot, views drawn, the first `skip` dropped
     undecoded. Keyed by (seed, epoch, round, rank, slot, dataset). `share`: (first sample, count)
-    of the slot's range in the round's pass (epoch sampling), or None (resampled)."""
+    of the slot's range in the round's pass (epoch sampling), or None (resampled); `dense`: also
+    decode masks and boxes."""
     key = [seed, cursor.epoch, cursor.round, rank, slot, zlib.crc32(entry["name"].encode())]
     # One generator each for the shard draws and the shuffle: a remote store opens the next shard
     # one ahead, which must not move the shuffle's draws (the stream would depend on the store).
@@ -180,7 +192,7 @@ def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor
         stream = _epoch(entry, order, config, share=share, store=store, counters=counters, shuffle_rng=shuffle_rng)
     stream = stages.number(stream)  # each sample knows its place in this stream: the key of its views
     stream = stages.skip(stream, skip)  # resumed: the samples already trained on are gone, undecoded
-    stream = stages.decode(stream, config.views.load_size, counters)
+    stream = stages.decode(stream, config.views.load_size, counters, dense=dense)
     stream = stages.label(stream, _policy(entry, config, seed))
     return stages.views(stream, config.views, key)
 
@@ -300,12 +312,13 @@ def eval_batches(entry: dict, split: str, *, rank: int, world: int, workers: int
 
 
 class EvalStream(IterableDataset):
-    """Deterministic: this rank's samples of `split` (g % world == rank), each once, no views drawn."""
+    """Deterministic: this rank's samples of `split` (g % world == rank), each once, no views drawn;
+    `dense`: with masks and boxes."""
 
     def __init__(self, *, entry: dict, config: DataConfig, split: str, seed: int, rank: int, world: int,
-                 batch_size: int):
+                 batch_size: int, dense: bool = False):
         self.entry, self.config, self.split, self.seed = entry, config, split, seed
-        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.rank, self.world, self.batch_size, self.dense = rank, world, batch_size, dense
 
     def _mine(self, pairs, store, counters):
         keys = excluded(self.config.exclude)
@@ -319,7 +332,8 @@ class EvalStream(IterableDataset):
         pairs = _eval_plan(self.entry, self.split, workers=workers)[worker]
         store = Store(self.config.store)
         counters = _counters(self.entry, self.config)
-        stream = stages.decode(self._mine(pairs, store, counters), self.config.views.load_size, counters)
+        stream = stages.decode(self._mine(pairs, store, counters), self.config.views.load_size, counters,
+                               dense=_dense(self.entry, self.dense))
         stream = stages.label(stream, _policy(self.entry, self.config, self.seed))
         yield from stages.batched(stream, self.batch_size, counters, partial=True)
 
@@ -337,12 +351,13 @@ def check_split(global_batch: int, world: int) -> None:
 
 
 def train_loader(*, entry: dict, config: DataConfig, seed: int, cursor: Cursor, rank: int, world: int,
-                 global_batch: int) -> DataLoader:
-    """The rank's loader for the round at `cursor` (which may start mid-round)."""
+                 global_batch: int, dense: bool = False) -> DataLoader:
+    """The rank's loader for the round at `cursor` (which may start mid-round); `dense`: batches
+    also carry masks and boxes."""
     check_split(global_batch, world)
     steps = round_steps(entry, global_batch=global_batch, max_steps=config.max_steps_per_round)
     stream = TrainStream(entry=entry, config=config, seed=seed, cursor=cursor, rank=rank, world=world,
-                         batch_size=global_batch // world, num_batches=steps)
+                         batch_size=global_batch // world, num_batches=steps, dense=dense)
     return make_loader(stream, config)
 
 
@@ -359,16 +374,18 @@ def mixed_loader(*, entries: list[dict], config: DataConfig, seed: int, cursor: 
 
 
 class EvalLoader:
-    """Every rank yields `num_batches` batches: its own, then padding (valid all False)."""
+    """Every rank yields `num_batches` batches: its own, then padding (valid all False); `dense`:
+    with masks and boxes."""
 
     def __init__(self, *, entry: dict, config: DataConfig, split: str, seed: int, rank: int, world: int,
-                 batch_size: int):
+                 batch_size: int, dense: bool = False):
         workers = max(1, config.num_workers)
         self.num_batches = max(eval_batches(entry, split, rank=r, world=world, workers=workers, batch_size=batch_size)
                                for r in range(world))
         self.loader = make_loader(EvalStream(entry=entry, config=config, split=split, seed=seed, rank=rank, world=world,
-                                         batch_size=batch_size), config)
+                                         batch_size=batch_size, dense=dense), config)
         self.load_size, self.num_labels = config.views.load_size, len(entry["labels"])
+        self.dense_spec = _dense(entry, dense)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -384,6 +401,13 @@ class EvalLoader:
             yield self._padding()
 
     def _padding(self) -> dict:
-        return {"image": torch.zeros(1, 1, self.load_size, self.load_size, dtype=torch.uint8),
-                "target": torch.zeros(1, self.num_labels), "mask": torch.zeros(1, self.num_labels),
-                "ids": [""], "subgroups": [{}], "valid": torch.zeros(1, dtype=torch.bool), "stats": None}
+        side = self.load_size
+        batch = {"image": torch.zeros(1, 1, side, side, dtype=torch.uint8),
+                 "target": torch.zeros(1, self.num_labels), "mask": torch.zeros(1, self.num_labels),
+                 "ids": [""], "subgroups": [{}], "valid": torch.zeros(1, dtype=torch.bool), "stats": None}
+        if self.dense_spec is not None:  # the keys a dense batch has, nothing known and no boxes
+            classes = self.dense_spec.num_masks
+            batch.update(masks=torch.zeros(1, classes, side, side, dtype=torch.uint8),
+                         mask_known=torch.zeros(1, classes, dtype=torch.bool), boxes=[torch.zeros(0, 4)],
+                         box_labels=[torch.zeros(0, dtype=torch.int64)], size=torch.tensor([[side, side]]))
+        return batch
