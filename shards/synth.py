@@ -11,6 +11,10 @@ views do to an image (crops down to 8 % of the area, shifts, +-10 degree rotatio
 gamma). Drawing them takes no draws from the source's generator: the label files a seed writes
 are the same as without findings.
 
+A finding with a place, a source's box or mask, is drawn there only (`radiograph`'s `regions`, from
+`boxes_region` or `mask_region`), so a detector or a segmenter can learn where it is; a finding
+without one stays over the whole chest.
+
 `python -m shards synth --out DIR` calls `synthesize_all`. Nothing here is random beyond the seed.
 """
 
@@ -65,11 +69,38 @@ def shown(facts: Sequence, *, uncertain: float = 0.5) -> dict[int, float]:
     return out
 
 
+def mask_region(mask: np.ndarray) -> np.ndarray:
+    """A bool region (height, width) as a drawing weight in [0, 1]: 1 inside, 0 outside, and a soft
+    edge about 2 px wide (a [1, 2, 1] / 4 blur down and across: an edge pixel 0.75, its outer
+    neighbour 0.25), so that the finding has an outline, not a hard cut. float32 (height, width)."""
+    weight = np.pad(mask.astype(np.float32), 1, mode="edge")
+    weight = 0.25 * weight[:-2] + 0.5 * weight[1:-1] + 0.25 * weight[2:]  # (height, width + 2)
+    return 0.25 * weight[:, :-2] + 0.5 * weight[:, 1:-1] + 0.25 * weight[:, 2:]
+
+
+def boxes_region(boxes: Sequence[Sequence[float]], *, width: int, height: int) -> np.ndarray:
+    """The union of `boxes` (each x0, y0, x1, y1 in pixels, edges between pixels) as a drawing
+    weight (`mask_region`) on a width x height image: each box covers the pixels whose centres it
+    holds, at least one."""
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        left, top = min(max(round(x0), 0), width - 1), min(max(round(y0), 0), height - 1)
+        right, bottom = max(min(round(x1), width), left + 1), max(min(round(y1), height), top + 1)
+        mask[top:bottom, left:right] = True
+    return mask_region(mask)
+
+
 def radiograph(rng: np.random.Generator, width: int, height: int, *,
-               findings: Mapping[int, float] | None = None) -> np.ndarray:
+               findings: Mapping[int, float] | None = None,
+               regions: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """A smooth chest-like picture in [0, 1]: bright body, darker lungs, a spine, film noise, and
-    the `findings` ({index in FINDINGS: strength}, e.g. from `shown`) drawn over the chest.
-    Smooth so that it compresses like a real CXR, not like noise. Shape (height, width)."""
+    the `findings` ({index in FINDINGS: strength}, e.g. from `shown`) drawn over the chest, or,
+    for an index in `regions` ({index: (height, width) weight in [0, 1]}, from `boxes_region` or
+    `mask_region`), only there, at full amplitude. Smooth so that it compresses like a real CXR,
+    not like noise. Shape (height, width)."""
+    stray = set(regions or ()) - set(findings or ())
+    if stray:
+        raise ValueError(f"regions for findings {sorted(stray)} that are not among the findings drawn")
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     x, y = x / width - 0.5, y / height - 0.5
     body = np.exp(-(x**2) / 0.12 - (y**2) / 0.2)
@@ -87,8 +118,9 @@ def radiograph(rng: np.random.Generator, width: int, height: int, *,
         # Many findings at once would clip the picture (and wipe each other out): beyond two, they
         # share the contrast of two.
         amplitude = FINDING_AMPLITUDE * min(1.0, np.sqrt(2 / sum(s * s for s in findings.values())))
-        weight = (0.5 + 0.5 * body).astype(np.float32)  # over the whole chest, strongest over the lungs
+        chest = (0.5 + 0.5 * body).astype(np.float32)  # over the whole chest, strongest over the lungs
         for index, strength in sorted(findings.items()):
+            weight = regions[index] if regions and index in regions else chest
             img += (amplitude * strength * weight * finding(index, x, y, own)).astype(np.float32)
     return np.clip(img, 0.0, 1.0)
 

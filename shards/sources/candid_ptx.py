@@ -119,7 +119,10 @@ class CandidPtx(Source):
             study = f"1.2.826.0.1.3680043.8.498.{int(rng.integers(10**12, 10**13))}"
             regions = {f: [region(rng, width, height) for _ in range(int(rng.integers(1, 3)))]
                        if rng.uniform() < p else [] for f, p in zip(CLASSES, (0.35, 0.25, 0.3))}
-            pixels = synth.radiograph(rng, width, height, findings=synth.shown([bool(regions[f]) for f in CLASSES]))
+            where = {k: synth.mask_region(np.logical_or.reduce(regions[f])) for k, f in enumerate(CLASSES)
+                     if regions[f]}  # each finding in its own masks only
+            pixels = synth.radiograph(rng, width, height, findings=synth.shown([bool(regions[f]) for f in CLASSES]),
+                                      regions=where)
             shown = [r for f in CLASSES for r in regions[f]]
             if shown:
                 union = np.logical_or.reduce(shown)

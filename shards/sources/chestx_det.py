@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards import synth
+from shards import masks, synth
 from shards.errors import ShardsError
 from shards.labelfiles import find
 from shards.samples import Record, sanitize_id
@@ -200,7 +200,11 @@ class ChestXDet(Source):
                     boxes.append(list(boxes[0]))
                     polygons.append([list(p) for p in polygons[0]])
             entries[split].append({"file_name": name, "syms": syms, "boxes": boxes, "polygons": polygons})
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([int(c in syms) for c in CLASSES]))
+            # Each finding inside its class's polygons, rasterised as a build draws the mask.
+            regions = {CLASSES.index(c): synth.mask_region(masks.rasterize(
+                {"polygons": [p for sym, p in zip(syms, polygons) if sym == c]}, (w, h))) for c in set(syms)}
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([int(c in syms) for c in CLASSES]),
+                                      regions=regions)
             synth.write_png8(root / split / name, pixels)
         for split, file_name in LABEL_FILES.items():
             (root / file_name).write_text(json.dumps(entries[split]))  # one line, as shipped

@@ -125,15 +125,18 @@ class ChestXray14(Source):
                          view, w, h, 0.143, 0.143])
             (test if in_test else trainval).append(name)
             folder = root / f"images_{1 + i * 2 // max(num_images, 1):03d}" / "images"
-            # The real set has a few RGBA PNGs among the 8-bit grayscale ones.
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([int(c in labels.split("|")) for c in CLASSES]))
-            synth.write_png8(folder / name, pixels, mode="RGBA" if i == 1 else "L")
+            regions = {}  # a finding with a box shows in it only, one without over the chest
             for finding in labels.split("|"):  # about half the findings NIH has a box for get one
                 label = "Infiltrate" if finding == "Infiltration" else finding
                 if label in BOX_CLASSES and boxes_rng.uniform() < 0.5:
                     x, y = boxes_rng.uniform(0, 0.7, size=2) * (w, h)
                     bw, bh = boxes_rng.uniform(0.05, 0.3, size=2) * (w, h)
                     box_rows.append([name, label, *(float(v) for v in (x, y, bw, bh))])
+                    regions[CLASSES.index(finding)] = synth.boxes_region([[x, y, x + bw, y + bh]], width=w, height=h)
+            # The real set has a few RGBA PNGs among the 8-bit grayscale ones.
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([int(c in labels.split("|")) for c in CLASSES]),
+                                      regions=regions)
+            synth.write_png8(folder / name, pixels, mode="RGBA" if i == 1 else "L")
         # The header's bracket is unquoted (9 fields), so it is written as text, not through csv.
         (root / BOX_FILE).write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n" + "".join(
             ",".join(str(v) for v in row) + "\n" for row in box_rows))

@@ -88,14 +88,17 @@ class Node21(Source):
         rows = []
         for image in names:  # negatives first, as shipped
             nodule = image.startswith("n")
+            boxes = []
             if nodule:
                 for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
                     x, y = (int(v) for v in rng.uniform(150, 800, size=2) * scale)
                     bw, bh = (max(1, int(v)) for v in rng.uniform(20, 160, size=2) * scale)
                     rows.append([len(rows), bh, image, 1, bw, x, y])
+                    boxes.append([x, y, x + bw, y + bh])
             else:
                 rows.append([len(rows), 0, image, 0, 0, 0, 0])
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([nodule]))
+            regions = {0: synth.boxes_region(boxes, width=w, height=h)} if boxes else None  # nodules in their boxes
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([nodule]), regions=regions)
             synth.write_mha(root / FOLDER / "images" / image, pixels, bits=12)
         synth.write_csv(root / FOLDER / "metadata.csv", HEADER, rows)
 

@@ -64,15 +64,19 @@ class RsnaPneumonia(Source):
             pid = "-".join(f"{int(rng.integers(0, 2**32)):08x}" for _ in range(2)) + f"-{int(rng.integers(0, 2**16)):04x}"
             label = rng.choice(CLASSES, p=[0.3, 0.4, 0.3])
             w, h = synth.size((1024, 1024), scale)
+            boxes = []
             if label == "Lung Opacity":
                 for _ in range(int(rng.integers(1, 4))):  # one row per box, the class repeated per row
                     box = [round(float(v), 1) for v in rng.uniform([0, 0, 50, 50], [600, 600, 300, 400]) * scale]
                     box_rows.append([pid, *box, 1])
                     class_rows.append([pid, label])
+                    boxes.append([box[0], box[1], box[0] + box[2], box[1] + box[3]])
             else:
                 box_rows.append([pid, "", "", "", "", 0])
                 class_rows.append([pid, label])
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([c == label for c in CLASSES]))
+            # The opacity shows in its boxes only; the other two classes have no place: over the chest.
+            regions = {CLASSES.index(label): synth.boxes_region(boxes, width=w, height=h)} if boxes else None
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([c == label for c in CLASSES]), regions=regions)
             synth.write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", pixels, uid_seed=pid, bits=8, window=False)
         synth.write_csv(root / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], box_rows)
         synth.write_csv(root / "stage_2_detailed_class_info.csv", ["patientId", "class"], class_rows)

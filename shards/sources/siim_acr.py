@@ -161,10 +161,11 @@ class SiimAcr(Source):
             series = f"1.2.276.0.7230010.3.1.3.8323329.{serial}.{stamp}.{tail - 2}"
             count = int(rng.integers(1, 4)) if rng.uniform() < 0.45 else 0  # regions of pneumothorax
             regions = [region(rng, width, height) for _ in range(count)]
-            pixels = synth.radiograph(rng, width, height, findings=synth.shown([bool(regions)]))
+            union = np.logical_or.reduce(regions) if regions else None
+            where = {0: synth.mask_region(union)} if regions else None  # the finding in its mask only
+            pixels = synth.radiograph(rng, width, height, findings=synth.shown([bool(regions)]), regions=where)
             if regions:
-                shown = np.logical_or.reduce(regions)
-                pixels[shown] = np.clip(pixels[shown] + 0.08, 0, 1)  # the mask shows a little too
+                pixels[union] = np.clip(pixels[union] + 0.08, 0, 1)  # the mask shows a little too
             synth.write_dicom(root / folder / study / series / f"{uid}.dcm", pixels, uid_seed=uid, bits=8, window=False)
             codes = [encode_rle(r) for r in regions] or [NO_MASK]
             if i == 1:

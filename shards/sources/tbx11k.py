@@ -166,9 +166,13 @@ class Tbx11k(Source):
             number = counters[kind] = counters.get(kind, 0) + 1
             rel, label = _lookalike_name(kind, number, native, rng)
             lists[native].append(rel)
+            regions = None
             if kind == "tb" and number != 2:  # the second TB image has no box, like tb1199.png
                 boxes[rel] = _lookalike_boxes(rng, w, h, both=number == 3)
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([c == label for c in CLASSES]))
+                # TB shows in its boxes (active and latent alike); a TB image without any, over the chest.
+                regions = {CLASSES.index("TB"): synth.boxes_region(
+                    [[x, y, x + bw, y + bh] for _, (x, y, bw, bh) in boxes[rel]], width=w, height=h)}
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([c == label for c in CLASSES]), regions=regions)
             path = root / "imgs" / rel
             if rel.endswith(".jpg"):
                 synth.write_jpeg(path, pixels)

@@ -133,20 +133,23 @@ class VinDrCxr(Source):
             truth = rng.uniform(size=len(CLASSES)) < 0.12
             split = "test" if i % 4 == 3 else "train"
             w, h = synth.size((2500, 3000), scale)
+            mine = []  # this image's box rows
             if split == "train":
                 for rad in rng.choice(17, size=3, replace=False):
                     votes = truth ^ (rng.uniform(size=len(CLASSES)) < 0.05)  # readers disagree a little
                     votes[-1] = not votes[:-1].any()  # "No finding" when the reader saw nothing
                     train_rows.append([image, f"R{rad + 1}", *votes.astype(int)])
-                    box_rows["train"] += _boxes(boxes_rng, image, f"R{rad + 1}", votes, w, h)
+                    mine += _boxes(boxes_rng, image, f"R{rad + 1}", votes, w, h)
             else:
                 truth[-1] = not truth[:-1].any()
                 test_rows.append([image, *truth.astype(int)])
-                box_rows["test"] += _boxes(boxes_rng, image, "", truth, w, h)
+                mine += _boxes(boxes_rng, image, "", truth, w, h)
+            box_rows[split] += mine
             # The image shows the truth (readers disagree about it); Ark's six head classes only:
             # FINDINGS has not 28 distinct textures, and the other 22 are never trained.
             facts = dict(zip(CLASSES, [*truth[:-1], not truth[:-1].any()]))
-            pixels = synth.radiograph(rng, w, h, findings=synth.shown([facts[c] for c in ARK_HEADS]))
+            pixels = synth.radiograph(rng, w, h, findings=synth.shown([facts[c] for c in ARK_HEADS]),
+                                      regions=_regions(mine, facts, w, h))
             synth.write_dicom(root / split / f"{image}.dicom", pixels, uid_seed=image,
                               bits=int(rng.choice([12, 14])), monochrome1=i % 3 == 1)
         synth.write_csv(root / "annotations" / "image_labels_train.csv", ["image_id", "rad_id", *CLASSES], train_rows)
@@ -166,6 +169,18 @@ def _boxes(rng: np.random.Generator, image: str, rad: str, votes, width: int, he
             x1, y1 = (x0, y0) + rng.uniform(0.05, 0.3, size=2) * (width, height)
             rows.append([image, rad, label, *(round(float(v), 1) for v in (x0, y0, x1, y1))])
     return rows or [[image, rad, "No finding", "", "", "", ""]]
+
+
+def _regions(rows: list[list], facts: dict, width: int, height: int) -> dict[int, np.ndarray]:
+    """{index in ARK_HEADS: weight} of the head findings with a place: a true local label shows
+    in the union of every reader's boxes of it (a reader who boxed a label the image does not show
+    erred; one the readers never boxed shows over the chest)."""
+    out = {}
+    for k, label in enumerate(ARK_HEADS):
+        boxes = [row[3:] for row in rows if row[2] == label and label in LOCAL]  # "No finding" rows have none
+        if facts[label] and boxes:
+            out[k] = synth.boxes_region(boxes, width=width, height=height)
+    return out
 
 
 SOURCE = VinDrCxr()
