@@ -93,6 +93,15 @@ class Config:
         target = self.finetune.target
         if target is not None and self.data.datasets != [target]:
             raise ValueError(f"finetune.target={target!r}: data.datasets must be [{target}] (it is {self.data.datasets})")
+        steps = self.method.foundation.steps
+        if steps:
+            named = list(dict.fromkeys(step.split(":", 1)[0] for step in steps))
+            if sorted(named) != sorted(self.data.datasets):
+                raise ValueError(f"method.foundation.steps name {named}, data.datasets is {self.data.datasets}: "
+                                 "each dataset of the recipe needs a step, and each step's dataset a place in data")
+            if self.method.schedule != "cyclic" or target is not None:
+                raise ValueError("method.foundation.steps: Foundation X runs its own passes (method.schedule cyclic, "
+                                 "no finetune.target)")
         world = self.engine.num_workers
         if self.train.global_batch % (world * self.engine.grad_accum):
             raise ValueError(f"train.global_batch {self.train.global_batch} must split evenly over "

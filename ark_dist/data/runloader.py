@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch.utils.data import IterableDataset
 
@@ -22,18 +23,33 @@ from ark_dist.data.stream import (Cursor, MixedStream, TrainStream, _worker, che
                                   round_steps)
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of an epoch when a method plans its own (Foundation X's passes): which dataset,
+    how many steps, and whether its batches carry boxes and masks."""
+
+    entry: dict
+    steps: int
+    dense: bool = False
+
+
 class RunStream(IterableDataset):
     """One rank's batches of every round from `cursor` on (the cursor's round from its step),
-    through `epochs` epochs (None: without end)."""
+    through `epochs` epochs (None: without end). `plan` replaces the default rounds (one per entry,
+    as long as its train split) with the method's own."""
 
     def __init__(self, *, entries: list[dict], interleaved: bool, config: DataConfig, seed: int, cursor: Cursor,
-                 rank: int, world: int, global_batch: int, epochs: int | None = None):
+                 rank: int, world: int, global_batch: int, epochs: int | None = None, plan: list[Round] | None = None):
         check_split(global_batch, world)
         self.entries, self.interleaved, self.config, self.seed, self.cursor = entries, interleaved, config, seed, cursor
         self.rank, self.world, self.batch_size, self.epochs = rank, world, global_batch // world, epochs
         self.dataset_steps = [round_steps(e, global_batch=global_batch, max_steps=config.max_steps_per_round)
                               for e in entries]
-        self.steps = [sum(self.dataset_steps)] if interleaved else self.dataset_steps  # per round of an epoch
+        self.plan = plan
+        if plan is not None:
+            self.steps = [r.steps for r in plan]
+        else:
+            self.steps = [sum(self.dataset_steps)] if interleaved else self.dataset_steps  # per round of an epoch
 
     def rounds(self) -> Iterator[Cursor]:
         """Each round's cursor, in order: the first at the run's cursor, the others at step 0."""
@@ -48,6 +64,9 @@ class RunStream(IterableDataset):
         """The per-round stream whose batches this round yields."""
         common = dict(config=self.config, seed=self.seed, cursor=cursor, rank=self.rank, world=self.world,
                       batch_size=self.batch_size)
+        if self.plan is not None:
+            planned = self.plan[cursor.round]
+            return TrainStream(entry=planned.entry, num_batches=planned.steps, dense=planned.dense, **common)
         if self.interleaved:
             return MixedStream(entries=self.entries, steps=self.dataset_steps, **common)
         return TrainStream(entry=self.entries[cursor.round], num_batches=self.steps[cursor.round], **common)
@@ -71,9 +90,9 @@ class RunLoader:
     `steps` holds the steps of each round of an epoch (from the manifest, as `round_steps` says)."""
 
     def __init__(self, *, entries: list[dict], interleaved: bool, config: DataConfig, seed: int, cursor: Cursor,
-                 rank: int, world: int, global_batch: int, epochs: int | None = None):
+                 rank: int, world: int, global_batch: int, epochs: int | None = None, plan: list[Round] | None = None):
         self.stream = RunStream(entries=entries, interleaved=interleaved, config=config, seed=seed, cursor=cursor,
-                                rank=rank, world=world, global_batch=global_batch, epochs=epochs)
+                                rank=rank, world=world, global_batch=global_batch, epochs=epochs, plan=plan)
         self.config, self.steps = config, self.stream.steps
         self._rounds = self.stream.rounds()
         self._batches = None  # the DataLoader's iterator, started at the first round asked for

@@ -19,6 +19,8 @@ class FoundationConfig:
     lock_fraction: float = 0.5  # a loc/seg step's lock pass, as a fraction of its round (trunk frozen)
     backbone_lr_scale: float = 0.1  # the backbone's LR as a fraction of optim.lr (reference: 1e-5 vs 1e-4)
     dice_bce: float = 1.0  # weight of the masked BCE added to the soft Dice loss (0: Dice alone, the reference)
+    warmup_cycles: int = 1  # cycles at warmup_scale x the LR before the cosine (stepped once a cycle) begins
+    warmup_scale: float = 0.05  # the reference's first cycle at 1/20 of the LR
 
     def validate(self) -> None:
         for step in self.steps:
@@ -29,8 +31,8 @@ class FoundationConfig:
             raise ValueError("steps: a (dataset, task) step is listed twice")
         if not 0 <= self.momentum <= 1 or not 0 <= self.consistency or not 0 < self.lock_fraction <= 1:
             raise ValueError("momentum in [0, 1], consistency >= 0 and lock_fraction in (0, 1] are required")
-        if not 0 < self.backbone_lr_scale or self.dice_bce < 0:
-            raise ValueError("backbone_lr_scale > 0 and dice_bce >= 0 are required")
+        if not 0 < self.backbone_lr_scale or self.dice_bce < 0 or self.warmup_cycles < 0 or not 0 < self.warmup_scale:
+            raise ValueError("backbone_lr_scale > 0, dice_bce >= 0, warmup_cycles >= 0 and warmup_scale > 0 are required")
 
 
 @dataclass(kw_only=True)

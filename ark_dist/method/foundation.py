@@ -84,6 +84,36 @@ def cycle_lr_scale(cycle: int, *, cycles: int, warmup: int = 1, warmup_scale: fl
     return 0.5 * (1 + math.cos(math.pi * (cycle - warmup) / rest))
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The run's position for Foundation X: `steps[i]` optimizer steps in pass i of every cycle."""
+
+    passes: tuple[Pass, ...]
+    steps: tuple[int, ...]
+    cycles: int
+    warmup_cycles: int = 1
+    warmup_scale: float = 0.05
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(cycle, pass index) of optimizer step `step` (0-based over the run)."""
+        cycle, within = divmod(step, sum(self.steps))
+        for index, count in enumerate(self.steps):
+            if within < count:
+                return min(cycle, self.cycles - 1), index
+            within -= count
+        raise AssertionError("unreachable: within < sum(steps)")
+
+    def lr_scales(self, groups: list[dict]) -> list:
+        """Per group, LambdaLR's factor for step s: the cycle's LR scale, times 0 where the pass of
+        step s locks the group's part."""
+        def scale(step: int, name: str) -> float:
+            cycle, index = self.locate(step)
+            locked = name in self.passes[index].locked
+            return 0.0 if locked else cycle_lr_scale(cycle, cycles=self.cycles, warmup=self.warmup_cycles,
+                                                     warmup_scale=self.warmup_scale)
+        return [lambda step, name=g["name"]: scale(step, name) for g in groups]
+
+
 def parameter_groups(model: nn.Module, *, lr: float, backbone_lr_scale: float, weight_decay: float) -> list[dict]:
     """One AdamW group per part present in the model (`name` says which): the backbone at
     `backbone_lr_scale` x `lr`, the rest at `lr`; frozen parameters in none."""

@@ -26,10 +26,12 @@ def deepspeed_config(cfg: Config, *, micro_batch: int) -> dict:
 
 
 def optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; fused kernels on GPUs (one launch for all parameters)."""
+    """SGD (Nesterov) or AdamW over parameters or parameter groups (dicts, each with its own `lr`
+    and `weight_decay` if it says so); fused kernels on GPUs (one launch for all parameters)."""
     o = cfg.optim
     params = list(params)
-    fused = bool(params) and params[0].is_cuda
+    first = params[0]["params"][0] if params and isinstance(params[0], dict) else (params[0] if params else None)
+    fused = first is not None and first.is_cuda
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                                fused=fused or None)
@@ -42,14 +44,17 @@ def compile_models(engine, teacher: torch.nn.Module) -> None:
     teacher.compile()
 
 
-def build(model: torch.nn.Module, cfg: Config, *, micro_batch: int, total_steps: int, warmup_steps: int):
-    """-> DeepSpeed engine; the LR follows `lr_at` per optimizer step."""
+def build(model: torch.nn.Module, cfg: Config, *, micro_batch: int, total_steps: int, warmup_steps: int,
+          groups: list[dict] | None = None, lr_scale=None):
+    """-> DeepSpeed engine; the LR follows `lr_at` per optimizer step, or `lr_scale` (a function of
+    the optimizer steps done, or one per group, times each group's own LR) over `groups`."""
     import deepspeed
 
-    opt = optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scale = lambda step: lr_at(step, total=total_steps, warmup=warmup_steps, lr=cfg.optim.lr,  # noqa: E731
-                               min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule) / cfg.optim.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, scale)
+    opt = optimizer(cfg, groups if groups is not None else [p for p in model.parameters() if p.requires_grad])
+    if lr_scale is None:
+        lr_scale = lambda step: lr_at(step, total=total_steps, warmup=warmup_steps, lr=cfg.optim.lr,  # noqa: E731
+                                      min_lr=cfg.optim.min_lr, schedule=cfg.optim.schedule) / cfg.optim.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=scheduler,
                                       config=deepspeed_config(cfg, micro_batch=micro_batch))
     return engine

@@ -349,5 +349,9 @@ def train_loop(config: dict) -> None:
         from ark_dist.reuse.finetune_worker import FineTune
 
         FineTune(cfg).fit()
+    elif cfg.method.foundation.steps:  # Foundation X: (dataset, task) passes with Lock-Release
+        from ark_dist.train.foundation_worker import FoundationRun
+
+        FoundationRun(cfg).fit()
     else:
         Run(cfg).fit()

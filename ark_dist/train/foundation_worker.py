@@ -1,0 +1,202 @@
+"""Foundation X on every rank: `Run` (the checkpoints, resume, the loop over rounds) with the
+method's passes as its rounds (DESIGN 8, ark_dist/method/foundation.py).
+
+An epoch of the run is one cycle of the recipe's (dataset, task) steps; round i of a cycle is pass
+i (a classification pass, or a lock or release pass of a localization or segmentation step), as
+long as `pass_steps` says. The LR of each parameter group is a function of the optimizer steps
+done (LambdaLR): the cycle's scale, times zero for the parts the current pass locks. So a resume
+inside a lock pass needs nothing but the cursor. The teacher moves after every pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ark_dist.config import Config
+from ark_dist.data import Cursor, DataMeter, EvalLoader, RunLoader, dataset_entry, read_manifest, Store
+from ark_dist.data.dense import DenseSpec
+from ark_dist.data.runloader import Round
+from ark_dist.data.stream import round_steps, subset_entries
+from ark_dist.method import ArkSchedule, make_teacher
+from ark_dist.method.foundation import (Clock, ema_module, parameter_groups, parse_steps, pass_steps, passes,
+                                        ungrouped)
+from ark_dist.model import load_pretrained
+from ark_dist.model.foundation import FoundationModel
+from ark_dist.train import engine as engines
+from ark_dist.train.dense_metrics import BoxMeter, DiceMeter
+from ark_dist.train.evaluate import evaluate, metric_classes
+from ark_dist.train.foundation_step import dense_scores, foundation_loss
+from ark_dist.train.worker import Run
+
+
+class _Classifier(torch.nn.Module):
+    """A Foundation X model as `evaluate` calls an Ark model: `model(x, heads=[d]).logits[d]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, heads: list[str]):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits={h: self.model(x, task="cls", dataset=h).logits[h] for h in heads})
+
+
+class FoundationRun(Run):
+    """One rank of a Foundation X run."""
+
+    def __init__(self, cfg: Config):  # noqa: D401 - replaces Run.__init__: another model and other rounds
+        import hashlib
+
+        import ray.train
+
+        self.cfg, fx = cfg, cfg.method.foundation
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
+        store = Store(cfg.data.store)
+        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
+        manifest = read_manifest(store)
+        self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
+        by_name = {e["name"]: e for e in self.entries}
+        self.fx_steps, self.passes = parse_steps(fx), passes(fx)
+        kinds = {task: [s.dataset for s in self.fx_steps if s.task == task] for task in ("cls", "loc", "seg")}
+        for name in kinds["cls"]:
+            metric_classes(by_name[name], cfg.data)
+        self.labels = {name: list(by_name[name]["labels"]) for name in kinds["cls"]}
+        self.box_classes = {n: list(DenseSpec.of(by_name[n]).box_classes) for n in kinds["loc"]}
+        self.mask_classes = {n: list(by_name[n].get("masks") or []) for n in kinds["seg"]}
+        for name, classes in self.mask_classes.items():
+            if not classes:
+                raise ValueError(f"method.foundation.steps: {name}:seg, but the manifest lists no masks for {name}")
+        torch.manual_seed(cfg.train.seed)
+        model = FoundationModel(cfg.model, classes={n: len(v) for n, v in self.labels.items()},
+                                boxes={n: len(v) for n, v in self.box_classes.items()},
+                                masks={n: len(v) for n, v in self.mask_classes.items()})
+        if cfg.model.pretrained:
+            load_pretrained(model, cfg.model.pretrained, log=self.log)
+        self.teacher = make_teacher(model).to(self.device)
+        self.interleaved = False
+        rounds = {e["name"]: round_steps(e, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
+                  for e in self.entries}
+        self.steps = [pass_steps(p, round_steps=rounds[p.step.dataset]) for p in self.passes]
+        self.plan = [Round(entry=by_name[p.step.dataset], steps=n, dense=p.step.task != "cls")
+                     for p, n in zip(self.passes, self.steps)]
+        self.schedule = ArkSchedule(config=cfg.method, steps=tuple(self.steps), epochs=cfg.train.epochs)
+        self.clock = Clock(passes=tuple(self.passes), steps=tuple(self.steps), cycles=cfg.train.epochs,
+                           warmup_cycles=fx.warmup_cycles, warmup_scale=fx.warmup_scale)
+        groups = parameter_groups(model, lr=cfg.optim.lr, backbone_lr_scale=fx.backbone_lr_scale,
+                                  weight_decay=cfg.optim.weight_decay)
+        left = ungrouped(model, groups)
+        if left:
+            raise RuntimeError(f"parameters in no optimizer group: {', '.join(left)}")
+        self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
+        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=0, warmup_steps=0,
+                                    groups=groups, lr_scale=self.clock.lr_scales(groups))
+        self.cursor, self.meter, self.history = Cursor(), DataMeter(), []
+        self.last_step_end = self.last_save_s = None
+
+    def loader(self) -> RunLoader:
+        cfg = self.cfg
+        return RunLoader(entries=self.entries, interleaved=False, config=cfg.data, seed=cfg.train.seed,
+                         cursor=self.cursor, rank=self.rank, world=self.world, global_batch=cfg.train.global_batch,
+                         epochs=cfg.train.epochs, plan=self.plan)
+
+    def round_heads(self, index: int) -> list[tuple[str, str]]:
+        step = self.passes[index].step
+        return [(step.dataset, step.task)]
+
+    def update_teacher(self, m: float) -> None:
+        """The parameters' EMA from the fp32 masters; the buffers' from the student's, averaged over
+        the ranks first (each rank's BatchNorm saw its own batches), so teachers stay identical."""
+        student = self.engine.module
+        floating = [b for b in student.buffers() if b.is_floating_point()]
+        if self.world > 1 and floating:
+            for buffer in floating:
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(self.world)
+        with engines.master_parameters(self.engine) as params:
+            ema_module(self.teacher, student_params=params, student_buffers=student.buffers(), m=m)
+
+    def train_round(self, loader: RunLoader, epoch: int, index: int, start: int) -> dict:
+        """One pass; the teacher moves after it with the fixed momentum."""
+        import time
+
+        fx, item = self.cfg.method.foundation, self.passes[index]
+        entry = next(e for e in self.entries if e["name"] == item.step.dataset)
+        losses, tasks, step_s = [], [], []
+        lrs = self.engine.get_lr()  # this pass's, per group (the first group is the backbone's)
+        for step, batch in enumerate(self.meter.wrap(loader.round(epoch, index)), start=start):
+            began = time.perf_counter()
+            global_step = self.schedule.first_step(epoch, index) + step
+            torch.manual_seed(hash((self.cfg.train.seed, global_step, self.rank)) % 2**63)
+            loss, task = foundation_loss(self.engine, self.teacher, batch, step=item.step, entry=entry,
+                                         c=fx.consistency, dice_bce=fx.dice_bce, views=self.cfg.data.views,
+                                         dtype=self.dtype, device=self.device)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            tasks.append(task.item())
+            step_s.append(time.perf_counter() - began)
+            if self.cfg.train.checkpoint_every and (step + 1) % self.cfg.train.checkpoint_every == 0 \
+                    and step + 1 < self.steps[index]:
+                self.save(Cursor(epoch, index, step + 1), {"loss": losses[-1], "epoch": epoch, "round": index})
+        self.update_teacher(fx.momentum)
+        name = f"{item.step}/{item.kind}"
+        return {f"loss/{name}": float(np.mean(losses)) if losses else math.nan,
+                f"loss/task/{name}": float(np.mean(tasks)) if tasks else math.nan,
+                "ema/momentum": fx.momentum, "lr": lrs[0], "lr/head": lrs[-1],
+                "optim/steps": self.engine.global_steps, "epoch": epoch, "round": index,
+                **({"time/step_median_s": float(np.median(step_s))} if step_s else {}), **self.meter.metrics()}
+
+    def evaluate(self, *, final: bool = False) -> dict:
+        """Per step of the recipe, val and test, student and teacher: AUC (classification, all
+        classes), COCO mAP at 0.5 and 0.50:0.95 (boxes), Dice (masks)."""
+        out = {}
+        student = self.engine.module
+        student.eval()
+        models = {"student": student, "teacher": self.teacher}
+        for step in self.fx_steps:
+            entry = next(e for e in self.entries if e["name"] == step.dataset)
+            for split in ("val", "test"):
+                if not entry["splits"].get(split, {}).get("num_samples"):
+                    continue
+                if step.task == "cls":
+                    results = evaluate({k: _Classifier(m) for k, m in models.items()}, entry, split,
+                                       data_config=self.cfg.data, seed=self.cfg.train.seed, rank=self.rank,
+                                       world=self.world, batch_size=self.micro, device=self.device, dtype=self.dtype)
+                    for model, summary in results.items():
+                        out[f"auc/{split}/{step.dataset}/{model}"] = summary["auc"]
+                else:
+                    out.update(self._evaluate_dense(models, entry, split, step))
+        student.train()
+        return out
+
+    def _evaluate_dense(self, models: dict, entry: dict, split: str, step) -> dict:
+        loader = EvalLoader(entry=entry, config=self.cfg.data, split=split, seed=self.cfg.train.seed, rank=self.rank,
+                            world=self.world, batch_size=self.micro, dense=True)
+        meters = {name: BoxMeter() if step.task == "loc" else DiceMeter() for name in models}
+        for batch in loader:
+            for name, model in models.items():
+                scored = dense_scores(model, batch, step=step, views=self.cfg.data.views, dtype=self.dtype,
+                                      device=self.device)
+                meters[name].update(*scored)
+        out = {}
+        for name, meter in meters.items():
+            states = [None] * self.world
+            dist.all_gather_object(states, meter.state())
+            merged = type(meter).merge(states)
+            if step.task == "loc":
+                values = merged.compute(class_names=self.box_classes[step.dataset])
+                out[f"map50/{split}/{step.dataset}/{name}"] = values["map50"]
+                out[f"map/{split}/{step.dataset}/{name}"] = values["map"]
+            else:
+                values = merged.compute(class_names=self.mask_classes[step.dataset])
+                out[f"dice/{split}/{step.dataset}/{name}"] = values["dice"]
+                out[f"dice_global/{split}/{step.dataset}/{name}"] = values["dice_global"]
+        return out
