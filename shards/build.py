@@ -310,6 +310,7 @@ def _entry(source, scan, options: BuildOptions, planned, results, heads, root: P
         "labels": list(heads),
         "all_labels": list(scan.classes),
         "masks": list(source.mask_classes),
+        **({"boxes": list(source.box_classes)} if source.box_classes else {}),
         "image": {"format": enc.format, "quality": enc.quality if enc.format == "jpeg" else None,
                   "max_side": enc.max_side, "bit_depth": 8, "channels": 1},
         "splits": entry_splits,

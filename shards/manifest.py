@@ -14,6 +14,7 @@ The layout, format 1:
         "labels": [head label names, in head order],
         "all_labels": [every class in the samples' raw label facts, as the label file spells it],
         "masks": [mask classes; a sample's mask k is its member `mask.<k>.png`] (absent: none),
+        "boxes": [the classes of its boxes; a detector's class k is the k-th] (absent: no boxes),
         "image": {"format": "png"|"jpeg", "quality", "max_side", "bit_depth": 8, "channels": 1},
         "splits": {SPLIT: {"num_samples", "num_bytes",
                            "shards": [{"url" (relative to the store), "num_samples", "num_bytes",

@@ -24,9 +24,10 @@ class DenseSpec:
 
     @classmethod
     def of(cls, entry: dict) -> "DenseSpec":
-        """Box classes: the entry's `boxes` list where the build wrote one, else its `all_labels`
-        (every class of its label facts: NODE21's, ChestX-Det's, RSNA's and VinDr-CXR's box labels
-        are among them; TBX11K's TB kinds and ChestX-ray14's `Infiltrate` are not, and fail loudly)."""
+        """Box classes: the entry's `boxes` list (each source's `box_classes`); a store built before
+        builds wrote it falls back to `all_labels` (every class of its label facts), which holds
+        NODE21's, ChestX-Det's, RSNA's and VinDr-CXR's box labels but not TBX11K's TB kinds: a box
+        label outside the list fails loudly (`decode_boxes`)."""
         boxes = entry.get("boxes") or entry.get("all_labels") or entry["labels"]
         return cls(box_classes=tuple(boxes), num_masks=len(entry.get("masks") or ()))
 

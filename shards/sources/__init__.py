@@ -36,6 +36,7 @@ class Source:
     holdout: dict[str, float] = {}  # fractions of the train pool held out, e.g. {"val": 0.1}
     head_labels: list[str] | None = None  # default head classes; None = every class
     mask_classes: list[str] = []  # the classes records may give masks of (a sample's mask k: this list's k-th)
+    box_classes: list[str] = []  # the labels records' boxes may carry (a detector's class k: this list's k-th)
 
     def scan(self, root: Path) -> Scan:
         raise NotImplementedError

@@ -131,6 +131,7 @@ class ChestXDet(Source):
               "{train,test}*/**/<number>.png")
     holdout = {"val": 0.1}  # from the official train; the official test stays as it is
     mask_classes = list(CLASSES)
+    box_classes = list(CLASSES)
 
     def scan(self, root: Path) -> Scan:
         nih_names, mapping_files = _nih_names(root)

@@ -65,6 +65,7 @@ def index_images(root: Path) -> dict[str, str]:
 class ChestXray14(Source):
     name = "chestxray14"
     task = "multilabel"
+    box_classes = list(BOX_CLASSES)
     layout = ("Data_Entry_2017[_v2020].csv + train_val_list.txt/test_list.txt [+ BBox_List_2017.csv]; "
               "images*/**/<8d>_<3d>.png")
     holdout = {"val": 0.1296}  # Ark's release: 75,312 / 11,212 of the official 86,524

@@ -43,6 +43,7 @@ HEADER = ["", "height", "img_name", "label", "width", "x", "y"]  # as shipped
 class Node21(Source):
     name = "node21"
     task = "binary"
+    box_classes = ["Nodule"]
     layout = "cxr_images/proccessed_data/metadata.csv (a row per nodule); cxr_images/proccessed_data/images/<name>.mha"
     holdout = {"val": 0.1, "test": 0.2}  # no labelled official test set
 

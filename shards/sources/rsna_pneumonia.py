@@ -21,6 +21,7 @@ CLASSES = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]
 class RsnaPneumonia(Source):
     name = "rsna_pneumonia"
     task = "multiclass"
+    box_classes = ["Lung Opacity"]
     layout = "stage_2_train_labels.csv + stage_2_detailed_class_info.csv; stage_2_train_images/<patientId>.dcm"
     holdout = {"val": 0.1, "test": 0.1}  # Ark's release: 21,295 / 2,680 / 2,709; no labelled official test
 

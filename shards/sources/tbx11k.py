@@ -123,6 +123,7 @@ def _read_boxes(path: Path, listed: set[str], list_name: str) -> dict[str, list[
 class Tbx11k(Source):
     name = "tbx11k"
     task = "multiclass"
+    box_classes = list(CATEGORIES)
     layout = "lists/all_{train,val}.txt + annotations/json/all_{train,val}.json (COCO); imgs/{health,sick,tb,extra}/"
     holdout = {"val": 0.1}  # official val (all_val) is the test set, as in Ark; val comes from all_train
 

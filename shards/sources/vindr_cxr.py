@@ -65,6 +65,7 @@ def read_boxes(path: Path, classes: list[str], *, class_ids: bool = False) -> di
 class VinDrCxr(Source):
     name = "vindr_cxr"
     task = "multilabel"
+    box_classes = list(LOCAL)  # Kaggle's boxed classes are among them
     layout = ("annotations/image_labels_{train,test}.csv [+ annotations_{train,test}.csv boxes]; "
               "{train,test}/<image_id>.dicom; or Kaggle's train.csv + train/")
     holdout = {"val": 0.1}  # the official test set is the consensus file; val comes from train
