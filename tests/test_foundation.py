@@ -66,6 +66,27 @@ def test_each_task_trains_the_backbone_its_shared_part_and_its_own_head_only(ste
         assert not any(n.startswith(prefix + ".") for n in with_grad), prefix
 
 
+@pytest.mark.parametrize("step", [Step("chexpert", "cls"), Step("node21", "loc"), Step("siim_acr", "seg")])
+def test_idle_gives_every_parameter_a_zero_gradient_and_leaves_batchnorm_statistics_alone(step):
+    model = _model()
+    images = torch.randn(2, 3, SIDE, SIDE)
+    out = model(images, task=step.task, dataset=step.dataset)
+    stats = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
+    idle = model.idle(out, task=step.task, dataset=step.dataset)
+    assert idle.item() == 0.0
+    assert all(torch.equal(stats[n], b) for n, b in model.named_buffers() if n in stats)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # the segmentation target is drawn
+    (_loss(model, images, step) + idle).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    reference = _model()
+    torch.manual_seed(5)
+    _loss(reference, images, step).backward()  # the same step without idle: the same gradients
+    for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad if q.grad is not None else torch.zeros_like(p), msg=n)
+
+
 def test_outputs_have_the_task_shapes_and_detections_decode_to_input_pixels():
     model = _model().eval()
     images = torch.randn(3, 3, SIDE, SIDE)

@@ -41,6 +41,7 @@ class FoundationOutput:
     loc: dict | None = None  # loc: FCOS head outputs, anchors and level sizes (`Localizer`)
     masks: torch.Tensor | None = None  # seg: (B, C, H, W) logits at the input size
     features: list[torch.Tensor] = field(default_factory=list)  # what the task's consistency compares
+    stages: list[torch.Tensor] = field(default_factory=list)  # the backbone's four stage maps
 
 
 class _NoBackbone(nn.Module):
@@ -121,19 +122,40 @@ class FoundationModel(nn.Module):
         final, stages = self.backbone.forward_intermediates(images)
         return self.backbone.forward_head(final, pre_logits=True), stages
 
+    def idle(self, out: FoundationOutput, *, task: str, dataset: str) -> torch.Tensor:
+        """0 x the outputs of every part this step leaves unused, computed on two samples of the
+        stages pooled to 2 x 2: every parameter then gets an exact zero gradient at every step
+        (ZeRO-3 would otherwise keep an unused parameter's last gradient, which AdamW would go on
+        applying, where ZeRO 0-2 give it zeros). BatchNorm runs in eval mode here, so its
+        statistics stay those of real batches. Add it to the loss."""
+        small = [F.adaptive_avg_pool2d(s[:2].detach(), 2) for s in out.stages]
+        terms = [] if task == "cls" else [out.pooled.sum()]  # the backbone's final norm feeds only `pooled`
+        pooled = self.projector(out.pooled[:2].detach())
+        terms += [head(pooled).sum() for name, head in self.omni_heads.items() if (task, name) != ("cls", dataset)]
+        levels = list(self.loc_neck(OrderedDict((str(i), x) for i, x in enumerate(small[1:]))).values())
+        terms += [v.sum() for name, head in self.loc_heads.items() if (task, name) != ("loc", dataset)
+                  for v in head.fcos.head(levels).values()]
+        if self.seg_heads:
+            training = self.seg_decoder.training
+            self.seg_decoder.eval()
+            fused = self.seg_decoder([None, None, *small])
+            self.seg_decoder.train(training)
+            terms += [head(fused).sum() for name, head in self.seg_heads.items() if (task, name) != ("seg", dataset)]
+        return 0.0 * sum(terms)
+
     def forward(self, images: torch.Tensor, *, task: str, dataset: str) -> FoundationOutput:
         """One (dataset, task) step's forward: every rank runs the same modules (as ZeRO needs)."""
         pooled, stages = self.stages(images)
         if task == "cls":
             logits = {dataset: self.omni_heads[dataset](self.projector(pooled))}
-            return FoundationOutput(pooled=pooled, logits=logits, features=[pooled])
+            return FoundationOutput(pooled=pooled, logits=logits, features=[pooled], stages=stages)
         if task == "loc":
             levels = list(self.loc_neck(OrderedDict((str(i), s) for i, s in enumerate(stages[1:]))).values())
             out = self.loc_heads[dataset](levels, image_size=tuple(images.shape[-2:]))
-            return FoundationOutput(pooled=pooled, loc=out, features=levels)
+            return FoundationOutput(pooled=pooled, loc=out, features=levels, stages=stages)
         if task == "seg":
             fused = self.seg_decoder([None, None, *stages])  # (B, D, H/4, W/4)
             masks = F.interpolate(self.seg_heads[dataset](fused), size=images.shape[-2:], mode="bilinear",
                                   align_corners=False)
-            return FoundationOutput(pooled=pooled, masks=masks, features=[stages[-1], fused])
+            return FoundationOutput(pooled=pooled, masks=masks, features=[stages[-1], fused], stages=stages)
         raise ValueError(f"task {task!r}: one of {', '.join(TASKS)}")

@@ -21,6 +21,10 @@ def dry_run(cfg: Config, *, log=print) -> float:
     """One optimizer step of the first dataset's round on the CPU, batched as rank 0 of the
     configured workers would be (its share of the global batch, in `grad_accum` micro-batches),
     with the loss the trainer uses at that round; returns the mean loss."""
+    if cfg.method.foundation.steps:
+        from ark_dist.train.foundation_worker import dry_run as foundation_dry_run
+
+        return foundation_dry_run(cfg, log=log)
     manifest = read_manifest(Store(cfg.data.store))
     entries = [dataset_entry(manifest, n) for n in cfg.data.datasets]
     for entry in entries:

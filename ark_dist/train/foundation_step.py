@@ -23,7 +23,7 @@ def foundation_loss(student, teacher, batch: dict, *, step: Step, entry: dict, c
                     views, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (loss, task loss) = task + c x consistency. A padding batch (no valid sample: a short
     rank's) gives zero, still through every parameter the pass uses."""
-    size = views.image_size
+    size, model = views.image_size, getattr(student, "module", student)  # the module inside an engine
     images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
     theta = batch["theta_student"].to(device)
     student_in = render(images, theta=theta, size=size, photo=batch["photo"].to(device))  # (B, 3, S, S)
@@ -38,15 +38,14 @@ def foundation_loss(student, teacher, batch: dict, *, step: Step, entry: dict, c
         consistency = feature_consistency(out.features, target.features, normalize=False)
     elif step.task == "loc":
         targets = box_targets(batch, theta=theta, size=size, min_visible=views.box_min_visible, device=device)
-        head = student.module.loc_heads[step.dataset] if hasattr(student, "module") else student.loc_heads[step.dataset]
-        task = sum(head.loss(out.loc, targets).values())
+        task = sum(model.loc_heads[step.dataset].loss(out.loc, targets).values())
         consistency = feature_consistency(out.features, target.features, normalize=True)
     else:
         masks = warp_masks(batch["masks"].to(device), theta=theta, size=size)  # (B, C, S, S)
         known = batch["mask_known"].to(device) & valid[:, None]
         task = seg_loss(out.masks, target=masks, known=known, bce=dice_bce)
         consistency = feature_consistency(out.features, target.features, normalize=True)
-    loss = task + c * consistency
+    loss = task + c * consistency + model.idle(out, task=step.task, dataset=step.dataset)
     if not bool(valid.any()):  # padding: zero, with the graph (and so ZeRO's hooks) intact
         loss, task = loss * 0.0, task * 0.0
     return loss, task

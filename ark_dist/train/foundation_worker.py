@@ -46,6 +46,26 @@ class _Classifier(torch.nn.Module):
         return SimpleNamespace(logits={h: self.model(x, task="cls", dataset=h).logits[h] for h in heads})
 
 
+def build_model(cfg: Config, entries: dict[str, dict], *, log=print):
+    """(the model, its classification, box and mask label spaces) for the recipe's steps, from the
+    manifest entries by name; the pretrained weights loaded where the recipe names them."""
+    fx_steps = parse_steps(cfg.method.foundation)
+    kinds = {task: [s.dataset for s in fx_steps if s.task == task] for task in ("cls", "loc", "seg")}
+    for name in kinds["cls"]:
+        metric_classes(entries[name], cfg.data)
+    labels = {name: list(entries[name]["labels"]) for name in kinds["cls"]}
+    boxes = {name: list(DenseSpec.of(entries[name]).box_classes) for name in kinds["loc"]}
+    masks = {name: list(entries[name].get("masks") or []) for name in kinds["seg"]}
+    for name, classes in masks.items():
+        if not classes:
+            raise ValueError(f"method.foundation.steps: {name}:seg, but the manifest lists no masks for {name}")
+    model = FoundationModel(cfg.model, classes={n: len(v) for n, v in labels.items()},
+                            boxes={n: len(v) for n, v in boxes.items()}, masks={n: len(v) for n, v in masks.items()})
+    if cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained, log=log)
+    return model, labels, boxes, masks
+
+
 class FoundationRun(Run):
     """One rank of a Foundation X run."""
 
@@ -65,21 +85,8 @@ class FoundationRun(Run):
         self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
         by_name = {e["name"]: e for e in self.entries}
         self.fx_steps, self.passes = parse_steps(fx), passes(fx)
-        kinds = {task: [s.dataset for s in self.fx_steps if s.task == task] for task in ("cls", "loc", "seg")}
-        for name in kinds["cls"]:
-            metric_classes(by_name[name], cfg.data)
-        self.labels = {name: list(by_name[name]["labels"]) for name in kinds["cls"]}
-        self.box_classes = {n: list(DenseSpec.of(by_name[n]).box_classes) for n in kinds["loc"]}
-        self.mask_classes = {n: list(by_name[n].get("masks") or []) for n in kinds["seg"]}
-        for name, classes in self.mask_classes.items():
-            if not classes:
-                raise ValueError(f"method.foundation.steps: {name}:seg, but the manifest lists no masks for {name}")
         torch.manual_seed(cfg.train.seed)
-        model = FoundationModel(cfg.model, classes={n: len(v) for n, v in self.labels.items()},
-                                boxes={n: len(v) for n, v in self.box_classes.items()},
-                                masks={n: len(v) for n, v in self.mask_classes.items()})
-        if cfg.model.pretrained:
-            load_pretrained(model, cfg.model.pretrained, log=self.log)
+        model, self.labels, self.box_classes, self.mask_classes = build_model(cfg, by_name, log=self.log)
         self.teacher = make_teacher(model).to(self.device)
         self.interleaved = False
         rounds = {e["name"]: round_steps(e, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
@@ -200,3 +207,41 @@ class FoundationRun(Run):
                 out[f"dice/{split}/{step.dataset}/{name}"] = values["dice"]
                 out[f"dice_global/{split}/{step.dataset}/{name}"] = values["dice_global"]
         return out
+
+
+def dry_run(cfg: Config, *, log=print) -> float:
+    """`--dry-run` for Foundation X: one optimizer step on the first step of each task kind of the
+    recipe, one batch each as rank 0 would get it, on the CPU without Ray or DeepSpeed; returns
+    the mean loss."""
+    from dataclasses import replace
+
+    from ark_dist.data import train_loader
+    from ark_dist.train.engine import optimizer
+
+    manifest = read_manifest(Store(cfg.data.store))
+    entries = {n: dataset_entry(manifest, n) for n in cfg.data.datasets}
+    fx = cfg.method.foundation
+    torch.manual_seed(cfg.train.seed)
+    model, *_ = build_model(cfg, entries, log=log)
+    teacher = make_teacher(model)
+    groups = parameter_groups(model, lr=cfg.optim.lr, backbone_lr_scale=fx.backbone_lr_scale,
+                              weight_decay=cfg.optim.weight_decay)
+    opt = optimizer(cfg, groups)
+    data = replace(cfg.data, num_workers=0, max_steps_per_round=1)
+    firsts = list({s.task: s for s in reversed(parse_steps(fx))}.values())[::-1]
+    losses = []
+    for step in firsts:
+        batch = next(iter(train_loader(entry=entries[step.dataset], config=data, seed=cfg.train.seed, cursor=Cursor(),
+                                       rank=0, world=cfg.engine.num_workers, global_batch=cfg.train.global_batch,
+                                       dense=step.task != "cls")))
+        loss, _ = foundation_loss(model, teacher, batch, step=step, entry=entries[step.dataset], c=fx.consistency,
+                                  dice_bce=fx.dice_bce, views=cfg.data.views, dtype=torch.float32,
+                                  device=torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        log(f"dry run: {step} one batch of {len(batch['valid'])}: loss {losses[-1]:.4f}")
+    params = sum(p.numel() for p in model.parameters())
+    log(f"dry run: Foundation X, {len(fx.steps)} steps over {len(entries)} datasets, {params / 1e6:.2f} M parameters")
+    return sum(losses) / len(losses)
