@@ -154,3 +154,31 @@ def test_zero3_gives_the_zero0_teacher(visible_store, tmp_path, ray_cluster):
         teachers[stage] = load_file(Path(result.checkpoint.path) / "teacher.safetensors")
     worst = max((teachers[0][k].float() - teachers[3][k].float()).abs().max().item() for k in teachers[0])
     assert teachers[0].keys() == teachers[3].keys() and worst < 1e-4, worst
+
+
+def test_a_run_resumed_inside_a_lock_pass_ends_as_the_uninterrupted_one(visible_store, tmp_path, ray_cluster):
+    """A run folder holding only a checkpoint taken in the middle of a lock pass (the second
+    cycle's segmentation lock, 2 of its 3 steps done) resumes from it through the run's own record
+    and ends with the uninterrupted run's teacher and student, bit for bit."""
+    import shutil
+
+    from ark_dist.train.resume import LATEST
+    from ark_dist.train.run import fit
+
+    extra = ("train.epochs=2", "train.eval_every=100", "data.max_steps_per_round=6", "train.checkpoint_every=2",
+             "train.keep_checkpoints=1000")
+    whole = fit(_config(visible_store, tmp_path, "whole", *extra))
+    assert whole.error is None, whole.error
+    inside = [p for p in (tmp_path / "whole").glob("checkpoint_*") if p.is_dir()
+              and json.loads((p / "state.json").read_text())["cursor"] == {"epoch": 1, "round": 3, "step": 2}]
+    assert len(inside) == 1
+    (tmp_path / "parts").mkdir()
+    shutil.copytree(inside[0], tmp_path / "parts" / inside[0].name)
+    (tmp_path / "parts" / LATEST).write_text(json.dumps({"checkpoint": inside[0].name}))
+    parts = fit(_config(visible_store, tmp_path, "parts", *extra))
+    assert parts.error is None, parts.error
+    rows = _rows(parts)
+    assert [(r["epoch"], r["round"]) for r in rows][-2:] == [(1, 3), (1, 4)]  # the lock pass ended, then the release
+    for name in ("teacher.safetensors", "student.safetensors"):
+        a, b = (load_file(Path(r.checkpoint.path) / name) for r in (whole, parts))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

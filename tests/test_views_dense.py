@@ -19,7 +19,7 @@ from PIL import Image
 
 from ark_dist.data import Cursor, DataConfig, EvalLoader, Store, StoreConfig, dataset_entry, read_manifest, train_loader
 from ark_dist.data.config import ViewConfig
-from ark_dist.data.dense import DenseSpec
+from ark_dist.data.dense import MIN_COMPONENT_PX, DenseSpec, dense_targets
 from ark_dist.data.stages import Counters, DataError, decode, decode_image
 from ark_dist.data.views import (draw_views, eval_thetas, render, render_eval, warp_box_lists, warp_boxes, warp_masks,
                                  warp_masks_eval)
@@ -230,10 +230,10 @@ def test_warp_masks_eval_follows_render_eval(ten_crop):
 
 @pytest.fixture(scope="module")
 def dense_store(tmp_path_factory):
-    """ChestX-Det (13 mask classes, boxes) and VinDr-CXR (every reader's boxes, no masks; stored
-    80 x 96, so squashed onto the canvas)."""
+    """ChestX-Det (13 mask classes, boxes), VinDr-CXR (every reader's boxes, no masks; stored
+    80 x 96, so squashed onto the canvas) and SIIM-ACR (one mask class, no boxes)."""
     out = tmp_path_factory.mktemp("densestore")
-    for source in ("chestx_det", "vindr_cxr"):
+    for source in ("chestx_det", "vindr_cxr", "siim_acr"):
         raw = look_alike(tmp_path_factory, source)
         code, _, err = run_shards("build", "--source", source, "--root", raw, "--out", out, "--quiet", "--workers", "1",
                                   "--samples-per-shard", "3", "--max-side", "96")
@@ -357,3 +357,96 @@ def test_a_box_label_the_manifest_lacks_stops_the_stream(dense_store):
         _decoded(raw, dense=spec)
     entry = {**_entry(_config(dense_store), "vindr_cxr"), "boxes": ["Nodule/Mass", "Aortic enlargement"]}
     assert DenseSpec.of(entry).box_classes == ("Nodule/Mass", "Aortic enlargement")  # the manifest's list wins
+
+
+# ---------------------------------------------------------------- boxes derived from masks
+
+
+def _png(mask: np.ndarray) -> bytes:
+    """A bool (h, w) mask as the store keeps it: a 1-bit PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _targets(entry: dict, masks: dict[int, np.ndarray], facts: dict | None = None) -> dict:
+    h, w = next(iter(masks.values())).shape
+    parts = {f"mask.{k}.png": _png(m) for k, m in masks.items()}
+    return dense_targets(parts, facts or {}, spec=DenseSpec.of(entry), stored_size=(w, h), load_size=16, where="t")
+
+
+MASKS_ONLY = {"labels": ["A", "B", "C"], "masks": ["A", "B", "C"]}  # SIIM-ACR's and CANDID-PTX's kind of entry
+
+
+def test_boxes_from_masks_are_the_hand_computed_components():
+    spec = DenseSpec.of(MASKS_ONLY)
+    assert spec.boxes_from_masks and spec.box_classes == ("A", "B", "C") and spec.num_masks == 3
+    a, b = np.zeros((12, 20), bool), np.zeros((12, 20), bool)
+    a[1:4, 2:6] = True  # rows 1-3, columns 2-5
+    a[4, 6] = True  # touches (3, 5) only at a corner: the same component under 8-connectivity
+    a[7:11, 12:14] = True  # rows 7-10, columns 12-13: a second component
+    b[6:10, 10:16] = True  # class B overlapping A's second blob: boxed on its own
+    out = _targets(MASKS_ONLY, {0: a, 1: b})  # C's member is missing: unknown, no boxes
+    np.testing.assert_array_equal(out["boxes"].numpy(), [[2, 1, 7, 5], [12, 7, 14, 11], [10, 6, 16, 10]])
+    assert out["boxes"].dtype == torch.float32 and out["box_labels"].tolist() == [0, 0, 1]
+    assert out["mask_known"].tolist() == [True, True, False]
+    empty = _targets(MASKS_ONLY, {0: np.zeros((12, 20), bool)})  # a known negative
+    assert empty["boxes"].shape == (0, 4) and empty["box_labels"].shape == (0,)
+
+
+def test_speckle_gets_no_box_but_stays_in_the_mask():
+    mask = np.zeros((10, 30), bool)
+    mask[0, 0:MIN_COMPONENT_PX - 1] = True  # one pixel short of a box
+    mask[5, 10] = True  # a lone pixel
+    mask[8, 20:20 + MIN_COMPONENT_PX] = True  # exactly enough
+    out = _targets(MASKS_ONLY, {0: mask})
+    np.testing.assert_array_equal(out["boxes"].numpy(), [[20, 8, 20 + MIN_COMPONENT_PX, 9]])
+    assert MIN_COMPONENT_PX >= 2 and out["box_labels"].tolist() == [0]
+
+
+def test_an_entry_with_boxes_ignores_its_masks():
+    entry = {**MASKS_ONLY, "boxes": ["B", "A"]}  # ChestX-Det's kind: its own boxes, and masks
+    assert not DenseSpec.of(entry).boxes_from_masks
+    mask = np.zeros((12, 20), bool)
+    mask[1:4, 2:6] = True
+    facts = {"boxes": [{"label": "A", "xyxy": [0.5, 1.25, 9.0, 11.0], "reader": None}]}
+    out = _targets(entry, {0: mask}, facts)
+    np.testing.assert_array_equal(out["boxes"].numpy(), [[0.5, 1.25, 9.0, 11.0]])
+    assert out["box_labels"].tolist() == [1] and int(out["masks"][0].sum()) > 0
+    assert _targets(entry, {0: mask})["boxes"].shape == (0, 4)  # no facts' boxes: none, whatever the mask
+    # Samples with boxes under an entry without a `boxes` list (a store built before builds wrote
+    # it): boxes from masks would silently replace them.
+    with pytest.raises(DataError, match="`boxes` list"):
+        _targets(MASKS_ONLY, {0: mask}, facts)
+
+
+def test_siim_acr_dense_batches_box_each_mask_component(dense_store):
+    config = _config(dense_store)
+    entry, stored = _entry(config, "siim_acr"), read_store_samples(dense_store, "siim_acr")
+    assert "boxes" not in entry and DenseSpec.of(entry).box_classes == tuple(entry["masks"]) == ("Pneumothorax",)
+    seen = positive = 0
+    for split in ("train", "val", "test"):
+        for batch in EvalLoader(entry=entry, config=config, split=split, seed=0, rank=0, world=1, batch_size=2,
+                                dense=True):
+            for b, sample_id in enumerate(batch["ids"]):
+                seen += 1
+                w, h = batch["size"][b].tolist()
+                member = stored[sample_id]["_members"]["mask.0.png"]  # read back from the shard's tar
+                mask = np.asarray(Image.open(io.BytesIO(member)).convert("L")) > 0  # (h, w) at the stored size
+                assert mask.shape == (h, w) and bool(batch["mask_known"][b, 0])
+                boxes = batch["boxes"][b].numpy().astype(int)
+                assert np.array_equal(boxes, batch["boxes"][b].numpy())  # whole pixel edges: exact
+                assert batch["box_labels"][b].tolist() == [0] * len(boxes)
+                if not mask.any():
+                    assert len(boxes) == 0
+                    continue
+                positive += 1
+                inside = np.zeros_like(mask)
+                for x0, y0, x1, y1 in boxes:
+                    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+                    part = mask[y0:y1, x0:x1]  # tight: mask pixels on each of its four edges
+                    assert part[0].any() and part[-1].any() and part[:, 0].any() and part[:, -1].any()
+                    inside[y0:y1, x0:x1] = True
+                assert not (mask & ~inside).any(), sample_id  # every mask pixel in a box
+    assert seen == sum(s["num_samples"] for s in entry["splits"].values())
+    assert positive >= 3, "the look-alike needs pneumothorax masks for this test"

@@ -118,17 +118,24 @@ class FoundationRun(Run):
         step = self.passes[index].step
         return [(step.dataset, step.task)]
 
+    def average_buffers(self) -> None:
+        """The student's floating buffers (BatchNorm's running statistics) averaged over the ranks
+        after every step: each rank's BatchNorm saw its own batches, and a checkpoint holds rank 0's
+        module only, so this keeps the teachers identical and a resumed run exact."""
+        buffers = [b for b in self.engine.module.buffers() if b.is_floating_point()]
+        if self.world > 1 and buffers:
+            from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+            flat = _flatten_dense_tensors(buffers)  # one collective, not one per buffer
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for buffer, mean in zip(buffers, _unflatten_dense_tensors(flat.div_(self.world), buffers)):
+                buffer.copy_(mean)
+
     def update_teacher(self, m: float) -> None:
-        """The parameters' EMA from the fp32 masters; the buffers' from the student's, averaged over
-        the ranks first (each rank's BatchNorm saw its own batches), so teachers stay identical."""
-        student = self.engine.module
-        floating = [b for b in student.buffers() if b.is_floating_point()]
-        if self.world > 1 and floating:
-            for buffer in floating:
-                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-                buffer.div_(self.world)
+        """The parameters' EMA from the fp32 masters, the buffers' from the student's (already
+        averaged over the ranks)."""
         with engines.master_parameters(self.engine) as params:
-            ema_module(self.teacher, student_params=params, student_buffers=student.buffers(), m=m)
+            ema_module(self.teacher, student_params=params, student_buffers=self.engine.module.buffers(), m=m)
 
     def train_round(self, loader: RunLoader, epoch: int, index: int, start: int) -> dict:
         """One pass; the teacher moves after it with the fixed momentum."""
@@ -147,6 +154,7 @@ class FoundationRun(Run):
                                          dtype=self.dtype, device=self.device)
             self.engine.backward(loss)
             self.engine.step()
+            self.average_buffers()
             losses.append(loss.item())
             tasks.append(task.item())
             step_s.append(time.perf_counter() - began)
