@@ -182,3 +182,49 @@ def test_a_run_resumed_inside_a_lock_pass_ends_as_the_uninterrupted_one(visible_
     for name in ("teacher.safetensors", "student.safetensors"):
         a, b = (load_file(Path(r.checkpoint.path) / name) for r in (whole, parts))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+ELEVEN = ["chexpert", "chestxray14", "vindr_cxr", "shenzhen", "mimic_cxr", "tbx11k", "node21", "candid_ptx",
+          "rsna_pneumonia", "chestx_det", "siim_acr"]
+
+
+@pytest.fixture(scope="module")
+def eleven_store(tmp_path_factory) -> Path:
+    """Look-alikes of the eleven datasets Foundation X trains on, 24 images each."""
+    from shards.synth import synthesize_all
+
+    raw, out = tmp_path_factory.mktemp("fx11-raw"), tmp_path_factory.mktemp("fx11-store")
+    synthesize_all(raw, num_images=24, seed=0, scale=0.125, sources=ELEVEN)
+    for source in ELEVEN:
+        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
+                                  "--workers", "1", "--samples-per-shard", "8", "--max-side", "64")
+        assert code == 0, err
+    return out
+
+
+def test_the_published_recipe_runs_its_twenty_steps_on_the_eleven_look_alikes(eleven_store, tmp_path, ray_cluster):
+    """configs/foundation_x.yaml as it is, shrunk only in size (tiny Swin, one step a round, CPU):
+    one cycle of its 20 steps, 29 passes in the recipe's order, every step evaluated."""
+    from ark_dist.train.run import fit
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "foundation_x.yaml"
+    cfg = load(recipe, [f"data.store.url={eleven_store}", "model.pretrained=null", f"model.backbone_kwargs={TINY4}",
+                        "data.views.image_size=64", "data.views.load_size=64", "model.dense.loc_channels=32",
+                        "model.dense.seg_channels=32", "train.global_batch=8", "engine.num_workers=2",
+                        "engine.use_gpu=false", "engine.cpus_per_worker=1", "engine.precision=fp32",
+                        "data.num_workers=0", "data.max_steps_per_round=1", "train.epochs=1",
+                        f"train.storage_path={tmp_path}", "tracking.wandb=disabled"])
+    result = fit(cfg)
+    assert result.error is None, result.error
+    rows = _rows(result)
+    expected = [f"{s}/{kind}" for s in cfg.method.foundation.steps
+                for kind in (("train",) if s.endswith(":cls") else ("lock", "release"))]
+    assert [next(k for k in r if k.startswith("loss/") and not k.startswith("loss/task/"))[5:] for r in rows] == expected
+    assert all(r["teacher/ranks_identical"] == 1.0 for r in rows)
+    assert all((r["lr"] == 0.0) == k.endswith("/lock") for r, k in zip(rows, expected))  # the backbone's LR
+    last = rows[-1]
+    for step in cfg.method.foundation.steps:
+        dataset, task = step.split(":")
+        family = {"cls": "auc", "loc": "map50", "seg": "dice"}[task]
+        assert {f"{family}/{split}/{dataset}/{model}" for split in ("val", "test") for model in ("student", "teacher")
+                } <= last.keys(), step
