@@ -161,7 +161,8 @@ def load_checkpoint(url: str, *, student: bool = False):
     except ValueError as exc:
         raise ExportError(f"{url}/{STATE}: {exc}") from None
     labels = state["labels"]
-    if list(labels) != list(cfg.data.datasets):
+    foundation = bool(cfg.method.foundation.steps)  # heads per recipe step, not per dataset
+    if not foundation and list(labels) != list(cfg.data.datasets):
         raise ExportError(f"{url}/{STATE}: label spaces for {list(labels)} but config datasets {cfg.data.datasets}")
     weights = STUDENT if student else TEACHER
     try:
@@ -169,7 +170,13 @@ def load_checkpoint(url: str, *, student: bool = False):
     except SafetensorError as exc:
         raise ExportError(f"{url}/{weights}: not a readable safetensors file ({exc})") from None
     with torch.random.fork_rng(devices=[]):  # a library call leaves the caller's RNG alone
-        model = ArkModel(cfg.model, heads={name: len(names) for name, names in labels.items()})
+        if foundation:
+            from ark_dist.model.foundation import FoundationModel
+
+            sizes = {key: {n: len(v) for n, v in state.get(key, {}).items()} for key in ("boxes", "masks")}
+            model = FoundationModel(cfg.model, classes={n: len(v) for n, v in labels.items()}, **sizes)
+        else:
+            model = ArkModel(cfg.model, heads={name: len(names) for name, names in labels.items()})
     problem = _mismatch(model, tensors)
     if problem:
         raise ExportError(f"{url}/{weights} does not match the model of its config ({cfg.model.backbone}, "
@@ -180,7 +187,8 @@ def load_checkpoint(url: str, *, student: bool = False):
 
 def exported_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """An `ArkModel`'s state under the export's keys: timm's backbone keys, `projector.*`,
-    `omni_heads.<dataset>.*`."""
+    `omni_heads.<dataset>.*` (a `FoundationModel`'s also `loc_neck.*`, `loc_heads.<dataset>.*`,
+    `seg_decoder.*`, `seg_heads.<dataset>.*`)."""
     out = {k.removeprefix("backbone."): v.detach().contiguous() for k, v in model.state_dict().items()}
     if len(out) != len(model.state_dict()):  # a backbone key equal to a projector/head key
         raise ExportError("backbone keys collide with projector/head keys once `backbone.` is stripped")
@@ -195,7 +203,8 @@ def metadata(model, state: dict, *, source: str, which: str) -> dict[str, str]:
             "num_features": str(model.backbone.num_features), "projector": cfg.projector,
             "projector_dim": str(cfg.projector_dim), "datasets": json.dumps(list(state["labels"])),
             "labels": json.dumps(state["labels"]), "cursor": json.dumps(state["cursor"]),
-            "manifest_sha256": str(state["manifest_sha256"]), "source": _public(source)}
+            "manifest_sha256": str(state["manifest_sha256"]), "source": _public(source),
+            **{key: json.dumps(state[key]) for key in ("boxes", "masks") if state.get(key)}}
 
 
 def outputs(out: str) -> tuple[str, str]:
@@ -267,6 +276,9 @@ def export(checkpoint: str, out: str, *, student: bool = False, layout: str = "c
     if layout == "legacy":
         from ark_dist.model.legacy import legacy_tensors
 
+        if state.get("boxes") or state.get("masks"):
+            raise ExportError(f"{source}: --layout legacy holds Ark's classification heads only, and this "
+                              "Foundation X checkpoint has box or mask heads (export it in the current layout)")
         tensors = legacy_tensors(model, list(state["labels"]))
     else:
         tensors = exported_tensors(model)

@@ -33,7 +33,7 @@ from ark_dist.export import ExportError, exported_tensors, load_checkpoint, meta
 from ark_dist.fs import filesystem, is_local, join
 
 WEIGHTS, CONFIG, HEADS, CARD = "model.safetensors", "config.json", "ark_heads.safetensors", "README.md"
-HEAD_PREFIXES = ("projector.", "omni_heads.")
+HEAD_PREFIXES = ("projector.", "omni_heads.", "loc_neck.", "loc_heads.", "seg_decoder.", "seg_heads.")
 DATASET_NAMES = {"mimic_cxr": "MIMIC-CXR", "chexpert": "CheXpert", "chestxray14": "ChestX-ray14",
                  "rsna_pneumonia": "RSNA Pneumonia", "vindr_cxr": "VinDr-CXR", "shenzhen": "Shenzhen"}
 

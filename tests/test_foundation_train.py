@@ -70,13 +70,10 @@ def ray_cluster():
 
 
 def _config(store: Path, runs: Path, name: str, *extra: str):
-    # FCOS's towers use GroupNorm(32): at 32 channels a conv bias before it would sit alone in its
-    # group, where normalisation cancels it, its gradient is rounding noise and AdamW would turn
-    # that noise into full steps (different on each ZeRO stage); 64 gives every group two channels.
     return load(None, [f"data.store.url={store}", "data.datasets=[chestx_det]", "data.num_workers=0",
                        "data.shuffle_buffer=64", "data.views.image_size=64", "data.views.load_size=64",
                        "data.views.crop_scale=[0.6, 1.0]", "model.backbone=swin_base_patch4_window7_224",
-                       f"model.backbone_kwargs={TINY4}", "model.projector=none", "model.dense.loc_channels=64",
+                       f"model.backbone_kwargs={TINY4}", "model.projector=none", "model.dense.loc_channels=32",
                        "model.dense.loc_convs=1", "model.dense.seg_channels=32", f"method.foundation.steps={STEPS}",
                        "method.foundation.warmup_cycles=0", "method.foundation.backbone_lr_scale=1.0",
                        "optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.0001", "engine.num_workers=2",
@@ -147,8 +144,11 @@ def test_zero3_gives_the_zero0_teacher(visible_store, tmp_path, ray_cluster):
 
     teachers = {}
     for stage in (0, 3):
+        # FCOS's towers use GroupNorm(32): at 32 channels a conv bias before it sits alone in its
+        # group, which cancels it, so its gradient is rounding noise that AdamW turns into full
+        # steps (different on each ZeRO stage); 64 channels give every group two.
         result = fit(_config(visible_store, tmp_path, f"zero{stage}", "train.epochs=1", "train.eval_every=100",
-                             "data.max_steps_per_round=4", f"engine.zero_stage={stage}"))
+                             "data.max_steps_per_round=4", f"engine.zero_stage={stage}", "model.dense.loc_channels=64"))
         assert result.error is None, result.error
         assert all(r["teacher/ranks_identical"] == 1.0 for r in _rows(result))
         teachers[stage] = load_file(Path(result.checkpoint.path) / "teacher.safetensors")
@@ -228,3 +228,36 @@ def test_the_published_recipe_runs_its_twenty_steps_on_the_eleven_look_alikes(el
         family = {"cls": "auc", "loc": "map50", "seg": "dice"}[task]
         assert {f"{family}/{split}/{dataset}/{model}" for split in ("val", "test") for model in ("student", "teacher")
                 } <= last.keys(), step
+
+
+def test_export_and_release_carry_every_head_and_timm_loads_the_backbone(fx_run, tmp_path):
+    import timm
+    from safetensors import safe_open
+
+    import ark_dist
+    from ark_dist.export import ExportError, export
+    from ark_dist.release import release
+
+    _, run = fx_run
+    path, _ = export(str(run), str(tmp_path / "fx"))
+    with safe_open(path, "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["boxes"]) == {"chestx_det": json.loads(meta["labels"])["chestx_det"]}
+    assert json.loads(meta["masks"]) == {"chestx_det": json.loads(meta["labels"])["chestx_det"]}
+    for prefix in ("omni_heads.chestx_det.", "loc_neck.", "loc_heads.chestx_det.", "seg_decoder.", "seg_heads.chestx_det."):
+        assert any(k.startswith(prefix) for k in tensors), prefix
+    backbone = timm.create_model("swin_base_patch4_window7_224", pretrained=False, num_classes=0, **json.loads(TINY4))
+    result = backbone.load_state_dict(tensors, strict=False)
+    assert result.missing_keys == []  # every backbone tensor found; the rest are the heads
+    assert all(k.split(".")[0] in ("omni_heads", "loc_neck", "loc_heads", "seg_decoder", "seg_heads")
+               for k in result.unexpected_keys)
+    with pytest.raises(ExportError, match="legacy holds Ark's classification heads only"):
+        export(str(run), str(tmp_path / "legacy"), layout="legacy")
+    release(str(run), str(tmp_path / "release"))
+    local = timm.create_model(f"local-dir:{tmp_path / 'release'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), backbone.eval()(x))
+    model = ark_dist.load(str(tmp_path / "release"))
+    probabilities = model.predict([np.full((64, 64), 128, np.uint8)])[0]
+    assert list(probabilities) == ["chestx_det"] and len(probabilities["chestx_det"]) == 13

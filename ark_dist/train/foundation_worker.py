@@ -108,6 +108,9 @@ class FoundationRun(Run):
         self.cursor, self.meter, self.history = Cursor(), DataMeter(), []
         self.last_step_end = self.last_save_s = None
 
+    def extra_state(self) -> dict:
+        return {"boxes": self.box_classes, "masks": self.mask_classes}
+
     def loader(self) -> RunLoader:
         cfg = self.cfg
         return RunLoader(entries=self.entries, interleaved=False, config=cfg.data, seed=cfg.train.seed,

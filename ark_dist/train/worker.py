@@ -146,9 +146,13 @@ class Run:
             if self.rank == 0:
                 save_file(tensors(self.teacher), f"{folder}/{TEACHER}")
                 state = {"cursor": cursor.__dict__, "labels": self.labels, "manifest_sha256": self.manifest_sha256,
-                         "config": to_dict(self.cfg)}
+                         "config": to_dict(self.cfg), **self.extra_state()}
                 write_state(folder, state, self.history)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def extra_state(self) -> dict:
+        """What a method adds to every checkpoint's state.json (Foundation X: its box and mask classes)."""
+        return {}
 
     def restore(self) -> None:
         from safetensors.torch import load_file
