@@ -2,8 +2,10 @@
 
 RUN is a run folder (local or s3://) holding `metrics.jsonl`, one JSON object per training round
 (ark_dist/track/runfolder.py). Out come losses.png (loss/<dataset> solid, loss/task dashed, against
-step), auc.png (a panel per dataset and the mean: teacher and student, val solid and test dashed,
-against epochs done), schedule.png (lr, ema/momentum, consistency/coef against step), subgroups.png
+step; a Foundation X run's `loss/<dataset>:<task>/<kind>` in a panel per task), auc.png (a panel per
+dataset and the mean: teacher and student, val solid and test dashed, against epochs done), for a
+Foundation X run with localization or segmentation steps tasks.png (the same, a panel per dataset
+and mAP or Dice family), schedule.png (lr, ema/momentum, consistency/coef against step), subgroups.png
 (each dataset's headline AUC per sex, age band and view at the last evaluation that has them:
 teacher, test split) and summary.md; with `--heatmaps N`, heatmaps.png (ark_dist/heatmaps.py).
 All is drawn in a temporary folder and renamed into place, so every file is whole or absent; a user
@@ -21,25 +23,24 @@ import sys
 import uuid
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ark_dist.fs import filesystem, is_local, join
+from ark_dist.report_tasks import AUC_FAMILIES, COLUMNS, cells, fmt, new_figure, panels, points, subjects, task_table
+from ark_dist.report_tasks import tasks_figure, title
 
 # ark_dist.track.runfolder.METRICS, not imported: that module pulls in torch through the config tree.
 METRICS = "metrics.jsonl"
 FILES = ("losses.png", "auc.png", "schedule.png", "subgroups.png", "summary.md")
+TASKS = "tasks.png"  # when the run has localization or segmentation metrics
 HEATMAPS = "heatmaps.png"  # with --heatmaps N
 SCHEDULE = ("lr", "ema/momentum", "consistency/coef")
 # The keys read here must hold numbers where present; any other key may hold anything.
 NUMERIC_KEYS = ("step", "epochs_done", "throughput/img_per_s", "time/data_wait_pct", *SCHEDULE)
-NUMERIC_PREFIXES = ("loss/", "auc/", "auc_all/", "auc_group/", "auc_gap/", "data/skipped/")
-# AUC families: `auc` over a dataset's headline classes (data.metric_labels), `auc_all` over all
-# of them where those differ.
-AUC_FAMILIES = {"auc": "", "auc_all": " (all classes)"}
-SPLITS = (("val", "-"), ("test", "--"))  # (split, line style)
-MODELS = (("teacher", "C0"), ("student", "C1"))  # (model, colour)
+NUMERIC_PREFIXES = ("loss/", "auc/", "auc_all/", "auc_group/", "auc_gap/", "map50/", "map/", "dice/", "dice_global/",
+                    "data/skipped/")
+KIND_MARKERS = {"lock": "v", "release": "^"}  # a Foundation X pass's kind; `train` (and Ark) "."
 
 Series = dict[str, dict[str, tuple[list[float], list[float]]]]  # file -> metric key -> (x, y)
 
@@ -100,77 +101,54 @@ def read_metrics(run: str) -> list[dict]:
     return parse_metrics(data, name=url)
 
 
-def _points(rows: list[dict], key: str, *, x: str) -> tuple[list, list]:
-    """(row[x], row[key]) for the rows that hold `key`."""
-    hits = [row for row in rows if key in row]
-    return [row[x] for row in hits], [row[key] for row in hits]
+def _loss_panels(rows: list[dict]) -> dict[str, list[str]]:
+    """Loss subjects (a loss key less `loss/`: `<dataset>`, `interleaved`, or a Foundation X pass's
+    `<dataset>:<task>/<kind>`) per panel: all of Ark's in one (""), Foundation X's one per task, as
+    classification, box and mask losses differ in scale."""
+    by_task: dict[str, list[str]] = {}
+    for subject in dict.fromkeys(k.removeprefix("loss/") for row in rows for k in row if _is_loss(k)):
+        by_task.setdefault(subject.partition("/")[0].partition(":")[2], []).append(subject)
+    return by_task
 
 
-def _subjects(rows: list[dict]) -> list[tuple[str, str]]:
-    """(family, dataset) of each AUC panel (keys `<family>/<split>/<dataset>/<model>`, families in
-    AUC_FAMILIES), first seen first and `mean` last."""
-    seen = dict.fromkeys((parts[0], parts[2]) for row in rows for parts in map(lambda k: k.split("/"), row)
-                         if parts[0] in AUC_FAMILIES and len(parts) == 4)
-    return sorted(seen, key=lambda subject: subject[1] == "mean")  # stable: only moves the mean
-
-
-def _title(family: str, dataset: str) -> str:
-    return dataset + AUC_FAMILIES[family]
-
-
-def _figure(**kwargs) -> Figure:
-    figure = Figure(layout="constrained", **kwargs)
-    FigureCanvasAgg(figure)  # Agg, not pyplot: no display, no global figure registry
-    return figure
+def _is_loss(key: str) -> bool:
+    return key.startswith("loss/") and not key.startswith("loss/task/")
 
 
 def _losses(rows: list[dict]) -> Figure:
-    figure = _figure(figsize=(8, 4.5))
-    ax = figure.subplots()
-    datasets = dict.fromkeys(k.removeprefix("loss/") for row in rows for k in row
-                             if k.startswith("loss/") and "/" not in k.removeprefix("loss/"))
-    for index, dataset in enumerate(datasets):
-        for key, style, label in ((f"loss/{dataset}", "-", dataset), (f"loss/task/{dataset}", "--", "_nolegend_")):
-            x, y = _points(rows, key, x="step")
-            if x:
-                ax.plot(x, y, style, color=f"C{index % 10}", marker=".", label=label, gid=key)
-    ax.set(xlabel="step", ylabel="loss (mean over the round)", title="loss (solid) and task loss (dashed)")
-    ax.grid(alpha=0.3)
-    if datasets:
-        ax.legend(fontsize="small")
+    by_task = _loss_panels(rows) or {"": []}
+    wide = any(len(names) > 8 for names in by_task.values())  # a legend beside its panel
+    figure = new_figure(figsize=(11 if wide else 8, max(4.5, 3.5 * len(by_task))))
+    for ax, (task, names) in zip(figure.subplots(len(by_task), 1, sharex=True, squeeze=False)[:, 0], by_task.items()):
+        steps = list(dict.fromkeys(name.partition("/")[0] for name in names))  # a colour each
+        for subject in names:
+            step, _, kind = subject.partition("/")
+            index = steps.index(step)
+            colour = f"C{index}" if len(steps) <= 10 else colormaps["tab20"](index % 20)
+            for key, style, label in ((f"loss/{subject}", "-", subject), (f"loss/task/{subject}", "--", "_nolegend_")):
+                x, y = points(rows, key, x="step")
+                if x:
+                    ax.plot(x, y, style, color=colour, marker=KIND_MARKERS.get(kind, "."), label=label, gid=key)
+        ax.set(ylabel="loss (mean over the round)",
+               title=f"{task + ' passes: ' if task else ''}loss (solid) and task loss (dashed)")
+        ax.grid(alpha=0.3)
+        if len(names) > 8:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), ncols=math.ceil(len(names) / 16))
+        elif names:
+            ax.legend(fontsize="small")
+    ax.set_xlabel("step")
     return figure
 
 
 def _aucs(rows: list[dict]) -> Figure:
-    subjects = _subjects(rows)
-    num_cols = min(3, max(1, len(subjects)))
-    num_rows = max(1, math.ceil(len(subjects) / num_cols))
-    figure = _figure(figsize=(4.5 * num_cols, 3.2 * num_rows))
-    axes = figure.subplots(num_rows, num_cols, squeeze=False).ravel()
-    if not subjects:
-        axes[0].text(0.5, 0.5, "no evaluation in this run yet", ha="center", va="center")
-        axes[0].set_axis_off()
-        return figure
-    for ax, (family, dataset) in zip(axes, subjects):
-        for split, style in SPLITS:
-            for model, colour in MODELS:
-                key = f"{family}/{split}/{dataset}/{model}"
-                x, y = _points(rows, key, x="epochs_done")
-                if x:  # a single point between NaNs still shows: markers
-                    ax.plot(x, y, style, color=colour, marker="o", label=f"{model} {split}", gid=key)
-        ax.set(title=_title(family, dataset), xlabel="epochs done", ylabel="ROC-AUC")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations follow whole epochs
-        ax.grid(alpha=0.3)
-    for ax in axes[len(subjects):]:
-        figure.delaxes(ax)
-    axes[0].legend(fontsize="small")
-    return figure
+    found = subjects(rows, AUC_FAMILIES)
+    return panels(rows, [found[i:i + 3] for i in range(0, len(found), 3)])
 
 
 def _schedule(rows: list[dict]) -> Figure:
-    figure = _figure(figsize=(8, 6))
+    figure = new_figure(figsize=(8, 6))
     for ax, key in zip(figure.subplots(len(SCHEDULE), 1, sharex=True), SCHEDULE):
-        x, y = _points(rows, key, x="step")
+        x, y = points(rows, key, x="step")
         if x:
             ax.plot(x, y, marker=".", gid=key)
         ax.set_ylabel(key)
@@ -200,7 +178,7 @@ def group_aucs(rows: list[dict]) -> tuple[dict, dict[str, dict[str, dict[str, fl
 
 def _subgroups(rows: list[dict]) -> Figure:
     _, groups = group_aucs(rows)
-    figure = _figure(figsize=(4.5 * max(1, min(3, len(groups))), 3.2 * max(1, math.ceil(len(groups) / 3))))
+    figure = new_figure(figsize=(4.5 * max(1, min(3, len(groups))), 3.2 * max(1, math.ceil(len(groups) / 3))))
     axes = figure.subplots(max(1, math.ceil(len(groups) / 3)), max(1, min(3, len(groups))), squeeze=False).ravel()
     if not groups:
         axes[0].text(0.5, 0.5, "no subgroup facts (sex, age, view) evaluated", ha="center", va="center")
@@ -226,71 +204,58 @@ def _subgroups(rows: list[dict]) -> Figure:
 
 
 def draw(rows: list[dict], out_dir: Path) -> Series:
-    """losses.png, auc.png, schedule.png and subgroups.png into `out_dir`. Returns, per file, the
-    series drawn as read back from its lines: metric key (e.g. `auc/val/chexpert/teacher`) -> (x, y)."""
+    """losses.png, auc.png, schedule.png, subgroups.png and, if the run has localization or
+    segmentation metrics, tasks.png into `out_dir`. Returns, per file drawn, the series drawn as read
+    back from its lines: metric key (e.g. `auc/val/chexpert/teacher`) -> (x, y)."""
     series: Series = {}
     for name, figure in (("losses.png", _losses(rows)), ("auc.png", _aucs(rows)), ("schedule.png", _schedule(rows)),
-                         ("subgroups.png", _subgroups(rows))):
+                         ("subgroups.png", _subgroups(rows)), (TASKS, tasks_figure(rows))):
+        if figure is None:
+            continue
         figure.savefig(out_dir / name, dpi=100)
         series[name] = {line.get_gid(): ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
                         for ax in figure.axes for line in ax.get_lines()}
     return series
 
 
-def _fmt(value: float) -> str:
-    return "NaN" if math.isnan(value) else f"{value:.4f}"
-
-
-def _auc_cells(rows: list[dict], family: str, dataset: str) -> list[str]:
-    """The latest teacher/student val/test AUCs, then the best teacher val (NaNs left out) and the
-    epochs done when it was reached."""
-    cells = []
-    for split, _ in SPLITS:
-        for model, _ in MODELS:
-            values = _points(rows, f"{family}/{split}/{dataset}/{model}", x="step")[1]
-            cells.append(_fmt(values[-1]) if values else "–")
-    epochs, values = _points(rows, f"{family}/val/{dataset}/teacher", x="epochs_done")
-    scored = [(value, epoch) for epoch, value in zip(epochs, values) if not math.isnan(value)]
-    best = max(scored, key=lambda pair: pair[0], default=None)  # the earliest of equals
-    return cells + ([_fmt(best[0]), f"{best[1]:g}"] if best else ["–", "–"])
-
-
 def _median(rows: list[dict], key: str, unit: str) -> str:
-    values = [v for v in _points(rows, key, x="step")[1] if not math.isnan(v)]
+    values = [v for v in points(rows, key, x="step")[1] if not math.isnan(v)]
     return f"{statistics.median(values):.1f} {unit}" if values else "–"
 
 
 def skipped(rows: list[dict]) -> dict[str, int]:
     """Samples skipped as undecodable, per dataset. The loaders' counters restart every round, but a
     row repeats each dataset's last count (ark_dist/data/meter.py), so a row counts only for the
-    datasets it trained: `loss/<dataset>`, or all of them under the mixed schedule (`loss/interleaved`)."""
+    datasets it trained: `loss/<dataset>` (Foundation X: `loss/<dataset>:<task>/<kind>`), or all of
+    them under the mixed schedule (`loss/interleaved`)."""
     out: dict[str, float] = {}
     for row in rows:
+        trained = {k.removeprefix("loss/").partition("/")[0].partition(":")[0] for k in row if _is_loss(k)}
         for key, value in row.items():
             dataset = key.removeprefix("data/skipped/")
-            if dataset != key and (f"loss/{dataset}" in row or "loss/interleaved" in row):
+            if dataset != key and (dataset in trained or "interleaved" in trained):
                 out[dataset] = out.get(dataset, 0) + value
     return {dataset: round(count) for dataset, count in out.items()}
 
 
 def summary(rows: list[dict], *, run: str) -> str:
-    """summary.md: per dataset the latest AUCs and the best teacher val AUC, then the run's totals."""
+    """summary.md: per dataset the latest AUCs and the best teacher val AUC (and so for mAP and Dice
+    where the run has them), then the run's totals."""
     lines = [f"# Run {_run_name(run)}", "", f"From `{join(run, METRICS)}`: {len(rows)} rounds.", ""]
-    subjects = _subjects(rows)
-    if subjects:
-        lines += ["| dataset | teacher val | student val | teacher test | student test | best teacher val | at epoch |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for family, dataset in subjects:
-            lines.append("| " + " | ".join([_title(family, dataset), *_auc_cells(rows, family, dataset)]) + " |")
+    found = subjects(rows, AUC_FAMILIES)
+    if found:
+        lines += [f"| dataset | {COLUMNS}", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join([title(family, dataset), *cells(rows, family, dataset)]) + " |"
+                  for family, dataset in found]
         lines += ["", "ROC-AUC at the last evaluation; epochs count epochs done (2 = after the second epoch).", ""]
-    else:
-        lines += ["No evaluation in this run yet.", ""]
+    tasks = task_table(rows)
+    lines += tasks if found or tasks else ["No evaluation in this run yet.", ""]
     row, groups = group_aucs(rows)
     if groups:
         lines += [f"Subgroups at epoch {row['epochs_done']:g} (teacher, test split; the headline AUC of each group's "
                   "samples; gap = best - worst group, unknown left out; per class with 95 % intervals: the run "
                   "folder's subgroups.md):", "", "| dataset | attribute | group | AUC |", "|---|---|---|---:|"]
-        lines += [f"| {dataset} | {attribute} | {group} | {_fmt(value)} |" for dataset, attributes in groups.items()
+        lines += [f"| {dataset} | {attribute} | {group} | {fmt(value)} |" for dataset, attributes in groups.items()
                   for attribute, values in attributes.items() for group, value in values.items()]
         lines.append("")
     last = rows[-1]
@@ -324,7 +289,7 @@ def write_report(rows: list[dict], out: Path, *, run: str, heatmaps: int = 0) ->
 
             (tmp / HEATMAPS).write_bytes(run_heatmaps(run, per_dataset=heatmaps))
         if out.is_dir():
-            for name in FILES + ((HEATMAPS,) if heatmaps else ()):
+            for name in _written(series, heatmaps=heatmaps):
                 os.replace(tmp / name, out / name)
         else:
             tmp.rename(out)
@@ -332,6 +297,11 @@ def write_report(rows: list[dict], out: Path, *, run: str, heatmaps: int = 0) ->
         if tmp.exists():
             shutil.rmtree(tmp)
     return series, text
+
+
+def _written(series: Series, *, heatmaps: int) -> tuple[str, ...]:
+    """The report's files: FILES, tasks.png where drawn, heatmaps.png where asked for."""
+    return FILES + ((TASKS,) if TASKS in series else ()) + ((HEATMAPS,) if heatmaps else ())
 
 
 def _out_dir(run: str, out: str | None) -> Path:
@@ -358,10 +328,10 @@ def main(argv: list[str]) -> int:
             raise ReportError(f"--heatmaps {args.heatmaps}: a number of images, 0 or more")
         rows = read_metrics(args.run)
         out = _out_dir(args.run, args.out)
-        _, text = write_report(rows, out, run=args.run, heatmaps=args.heatmaps)
+        series, text = write_report(rows, out, run=args.run, heatmaps=args.heatmaps)
     except (ReportError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     print(text)
-    print(f"wrote {out}/: {' '.join(FILES + ((HEATMAPS,) if args.heatmaps else ()))}")
+    print(f"wrote {out}/: {' '.join(_written(series, heatmaps=args.heatmaps))}")
     return 0
