@@ -47,6 +47,11 @@ class ReleasedModel(nn.Module):
         self.crop = float(config["pretrained_cfg"]["crop_pct"])
         self.load_size = int(ark.get("load_size", round(self.image_size / self.crop)))
         self.notes: list[str] = []  # what preprocessing changed about the last inputs (colour converted)
+        self.sizes: list[tuple[int, int]] = []  # the last inputs' own (w, h)
+        self.dense = None  # a Foundation X release's box and mask heads (predict_dense.build)
+        dense = ark.get("dense") or {}
+        self.boxes: dict[str, list[str]] = dense.get("boxes", {})
+        self.masks: dict[str, list[str]] = dense.get("masks", {})
 
     # -- preprocessing -------------------------------------------------------------------------
     def canvas(self, image) -> np.ndarray:
@@ -78,7 +83,7 @@ class ReleasedModel(nn.Module):
                 image = image.convert("L")
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            return decode_image(buffer.getvalue(), self.load_size)[0]
+            return self._kept(decode_image(buffer.getvalue(), self.load_size))
         raise InputError(f"{type(image).__name__}: expected a file path, a PIL image or a 2-D array")
 
     def _canvas_from_bytes(self, data: bytes, *, name: str) -> np.ndarray:
@@ -96,7 +101,7 @@ class ReleasedModel(nn.Module):
                 if mode in ("L", "P", "1") or mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
                     if mode not in ("L", "P", "1", "LA"):
                         self.notes.append(f"{name}: {mode} colour image converted to grayscale")
-                    return decode_image(data, self.load_size)[0]  # the loader's own decode, JPEG draft included
+                    return self._kept(decode_image(data, self.load_size))  # the loader's own decode, JPEG draft included
             image = decode_original(data, name=name)  # 16-bit PNG, DICOM, MetaImage: windowed to 8 bits
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise InputError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
@@ -105,7 +110,12 @@ class ReleasedModel(nn.Module):
         self._check_size(image.size, name=name)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return decode_image(buffer.getvalue(), self.load_size)[0]
+        return self._kept(decode_image(buffer.getvalue(), self.load_size))
+
+    def _kept(self, decoded: tuple[np.ndarray, tuple[int, int]]) -> np.ndarray:
+        """The canvas; its image's own (w, h) kept in `sizes`, for boxes and masks in its pixels."""
+        self.sizes.append(decoded[1])
+        return decoded[0]
 
     @staticmethod
     def _check_size(size: tuple[int, int], *, name: str) -> None:
@@ -117,7 +127,7 @@ class ReleasedModel(nn.Module):
         from ark_dist.data.config import ViewConfig
         from ark_dist.data.views import render_eval
 
-        self.notes = []
+        self.notes, self.sizes = [], []
         canvases = torch.from_numpy(np.stack([self.canvas(image) for image in images]))[:, None]  # (N, 1, L, L)
         views = ViewConfig(image_size=self.image_size, load_size=self.load_size, eval_crop=self.crop)
         return render_eval(canvases, views)[:, 0]
@@ -147,6 +157,39 @@ class ReleasedModel(nn.Module):
         probs = self.probabilities(images)
         return [{name: dict(zip(self.labels[name], probs[name][i].tolist())) for name in self.labels}
                 for i in range(len(images))]
+
+
+    @torch.no_grad()
+    def detect(self, images) -> list[dict[str, list[dict]]]:
+        """Per image: {dataset: [{"label", "score", "box": [x0, y0, x1, y1] in the image's pixels}]}
+        from every box head, best first (after each head's NMS and score threshold)."""
+        from ark_dist.predict_dense import to_original
+
+        x = self.preprocess(images).to(_device(self))
+        if len(x) == 1:  # FCOS's GroupNorm needs two values a group on its 1x1 level (a narrow head): score a pair
+            x = x.repeat(2, 1, 1, 1)
+        out = [{} for _ in images]
+        for name, classes in self.boxes.items():
+            found = self.dense.loc_heads[name].detect(self.dense(x, task="loc", dataset=name).loc)[:len(out)]
+            for i, (d, size) in enumerate(zip(found, self.sizes)):
+                boxes = to_original(d["boxes"].float().cpu(), size=size, image_size=self.image_size, crop=self.crop)
+                out[i][name] = [{"label": classes[int(k)], "score": float(s), "box": [round(v, 1) for v in b.tolist()]}
+                                for b, s, k in zip(boxes, d["scores"], d["labels"])]
+        return out
+
+    @torch.no_grad()
+    def segment(self, images) -> list[dict[str, dict[str, np.ndarray]]]:
+        """Per image: {dataset: {class: (h, w) float32 probability over the image's pixels}} from
+        every mask head (0 outside the centre crop the model sees)."""
+        from ark_dist.predict_dense import mask_to_original
+
+        x = self.preprocess(images).to(_device(self))
+        out = [{} for _ in images]
+        for name, classes in self.masks.items():
+            probs = torch.sigmoid(self.dense(x, task="seg", dataset=name).masks.float()).cpu()  # (N, C, S, S)
+            for i, size in enumerate(self.sizes):
+                out[i][name] = {c: mask_to_original(probs[i, k], size=size, crop=self.crop) for k, c in enumerate(classes)}
+        return out
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -192,7 +235,11 @@ def load(source: str, *, device: str = "cpu") -> ReleasedModel:
         head = nn.Linear(weight.shape[1], weight.shape[0])
         head.load_state_dict({"weight": weight, "bias": bias})
         heads[dataset] = head
-    return ReleasedModel(backbone, projector=projector, heads=heads, config=config).to(device).eval()
+    model = ReleasedModel(backbone, projector=projector, heads=heads, config=config)
+    from ark_dist.predict_dense import build
+
+    model.dense = build(config, backbone=backbone, tensors=tensors)  # None without box or mask heads
+    return model.to(device).eval()
 
 
 def _projector(tensors: dict, *, kind: str) -> nn.Module:
@@ -209,11 +256,33 @@ def _projector(tensors: dict, *, kind: str) -> nn.Module:
     return mlp
 
 
+def write_masks(folder: str, files: list[str], masks: list[dict]) -> None:
+    """`<folder>/<file stem>.<dataset>.<class>.png`: 255 where the probability exceeds 0.5."""
+    from PIL import Image
+
+    from ark_dist.fs import write_atomic
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for file, per_dataset in zip(files, masks):
+        for dataset, per_class in per_dataset.items():
+            for name, probability in per_class.items():
+                buffer = io.BytesIO()
+                Image.fromarray(((probability > 0.5) * 255).astype(np.uint8)).save(buffer, format="PNG")
+                safe = name.replace("/", "_").replace(" ", "_")
+                write_atomic(str(Path(folder) / f"{Path(file).stem}.{dataset}.{safe}.png"), buffer.getvalue())
+
+
 def table(files: list[str], predictions: list[dict], *, top: int) -> str:
     """A markdown table: per file and dataset, the `top` most probable classes."""
     lines = ["| file | dataset | top classes (probability) |", "|---|---|---|"]
     for file, prediction in zip(files, predictions):
+        for dataset, found in prediction.get("boxes", {}).items():
+            best = sorted(found, key=lambda d: -d["score"])[:top]
+            lines.append(f"| {file} | {dataset} boxes | " + ", ".join(
+                f"{d['label']} {d['score']:.3f} [{', '.join(f'{v:g}' for v in d['box'])}]" for d in best) + " |")
         for dataset, probs in prediction.items():
+            if dataset == "boxes":
+                continue
             best = sorted(probs.items(), key=lambda kv: -kv[1])[:top]
             lines.append(f"| {file} | {dataset} | " + ", ".join(f"{c} {p:.3f}" for c, p in best) + " |")
     return "\n".join(lines) + "\n"
@@ -226,13 +295,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="every class of every head, as JSON")
     p.add_argument("--top", type=int, default=3, help="classes per head in the table (default 3)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--boxes", action="store_true", help="also the box heads' detections (a Foundation X release)")
+    p.add_argument("--masks", metavar="DIR", help="also write each mask head's masks (probability > 0.5) as PNGs here")
     args = p.parse_args(argv)
     try:
         model = load(args.model)
+        if (args.boxes and not model.boxes) or (args.masks and not model.masks):
+            raise ValueError(f"{args.model}: this release has no {'box' if args.boxes and not model.boxes else 'mask'} "
+                             "heads (a Foundation X release has them)")
         predictions, notes = [], []
         for start in range(0, len(args.files), args.batch_size):
             chunk = args.files[start:start + args.batch_size]
             predictions += model.predict(chunk)
+            if args.boxes:
+                for prediction, found in zip(predictions[start:], model.detect(chunk)):
+                    prediction["boxes"] = found
+            if args.masks:
+                write_masks(args.masks, chunk, model.segment(chunk))
             notes += model.notes
     except (ValueError, InputError) as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)

@@ -38,9 +38,12 @@ DATASET_NAMES = {"mimic_cxr": "MIMIC-CXR", "chexpert": "CheXpert", "chestxray14"
                  "rsna_pneumonia": "RSNA Pneumonia", "vindr_cxr": "VinDr-CXR", "shenzhen": "Shenzhen"}
 
 
-def timm_config(model, cfg, labels: dict[str, list[str]], tasks: dict[str, str]) -> dict:
+def timm_config(model, cfg, labels: dict[str, list[str]], tasks: dict[str, str], *, state: dict | None = None) -> dict:
     """config.json: what timm's `local-dir:`/`hf-hub:` loader needs to build the backbone, and the
-    heads ark-dist adds (timm ignores the `ark_dist` key)."""
+    heads ark-dist adds (timm ignores the `ark_dist` key); a Foundation X checkpoint's `state` adds
+    its box and mask heads (`ark_dist.dense`)."""
+    from dataclasses import asdict
+
     from ark_dist.data.views import IMAGENET_MEAN, IMAGENET_STD
 
     size = cfg.data.views.image_size
@@ -56,7 +59,10 @@ def timm_config(model, cfg, labels: dict[str, list[str]], tasks: dict[str, str])
         "ark_dist": {"format_version": 1, "labels": labels, "tasks": tasks, "projector": cfg.model.projector,
                      "load_size": cfg.data.views.load_size,  # the loader's square canvas the centre crop comes from
                      "projector_dim": cfg.model.projector_dim, "grayscale": "repeated over 3 channels",
-                     "metric_labels": {k: v for k, v in cfg.data.metric_labels.items() if k in labels}},
+                     "metric_labels": {k: v for k, v in cfg.data.metric_labels.items() if k in labels},
+                     **({"dense": {"boxes": state.get("boxes", {}), "masks": state.get("masks", {}),
+                                   "config": asdict(cfg.model.dense)}}
+                        if state and (state.get("boxes") or state.get("masks")) else {})},
     }
 
 
@@ -186,7 +192,7 @@ def build(checkpoint: str, *, student: bool = False, name: str = "model") -> dic
     fs, path = filesystem(source)
     return {
         WEIGHTS: save(backbone, metadata={"format": "pt"}),
-        CONFIG: (json.dumps(timm_config(model, cfg, state["labels"], tasks), indent=2) + "\n").encode(),
+        CONFIG: (json.dumps(timm_config(model, cfg, state["labels"], tasks, state=state), indent=2) + "\n").encode(),
         HEADS: save(heads, metadata=metadata(model, state, source=source, which=which)),
         f"{name}.pth.tar": buffer.getvalue(),
         CARD: model_card(cfg=cfg, state=state, history=_history(fs, path), manifest=manifest, repo=name,

@@ -209,3 +209,12 @@ def test_feature_consistency_normalises_dense_maps_and_reaches_only_the_student(
     assert plain.item() == pytest.approx((4 * student.detach() ** 2).mean().item())
     plain.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_family_means_average_each_metric_over_the_steps_leaving_nan_out():
+    from ark_dist.train.foundation_worker import family_means
+
+    out = family_means({"auc/val/a/teacher": 0.8, "auc/val/b/teacher": 0.6, "auc/val/c/teacher": float("nan"),
+                        "map50/test/a/student": float("nan"), "dice/val/a/teacher": 0.5})
+    assert out["auc/val/mean/teacher"] == pytest.approx(0.7) and out["dice/val/mean/teacher"] == 0.5
+    assert math.isnan(out["map50/test/mean/student"]) and len(out) == 3

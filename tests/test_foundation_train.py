@@ -261,3 +261,49 @@ def test_export_and_release_carry_every_head_and_timm_loads_the_backbone(fx_run,
     model = ark_dist.load(str(tmp_path / "release"))
     probabilities = model.predict([np.full((64, 64), 128, np.uint8)])[0]
     assert list(probabilities) == ["chestx_det"] and len(probabilities["chestx_det"]) == 13
+
+
+def _iou(a, b) -> float:
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([a], dtype=torch.float32), torch.tensor([b], dtype=torch.float32))[0, 0])
+
+
+def test_a_release_detects_and_segments_in_the_image_own_pixels(fx_run, visible_store, tmp_path, capsys):
+    """Released, the trained run finds the striped square of held-out images resized to 128 x 96:
+    the best box and the mask land on the square in the resized image's pixels."""
+    from PIL import Image
+
+    import ark_dist
+    from ark_dist.predict import main as predict_main
+    from ark_dist.release import release
+    from conftest import read_store_samples
+
+    _, run = fx_run
+    release(str(run), str(tmp_path / "release"))
+    model = ark_dist.load(str(tmp_path / "release"))
+    assert model.boxes == model.masks == {"chestx_det": model.labels["chestx_det"]}
+    positives = [f for f in read_store_samples(visible_store, "chestx_det").values() if f["_split"] == "test"
+                 and f.get("boxes")][:4]
+    files, squares = [], []
+    for facts in positives:
+        path = tmp_path / f"{facts['id']}.png"
+        Image.open(__import__("io").BytesIO(facts["_image"])).resize((128, 96), Image.Resampling.BILINEAR).save(path)
+        x0, y0, x1, y1 = facts["boxes"][0]["xyxy"]
+        files.append(str(path))
+        squares.append([x0 * 2, y0 * 1.5, x1 * 2, y1 * 1.5])  # the stored 64 x 64 image, stretched
+    found = model.detect(files)
+    masks = model.segment(files)
+    for square, detections, segmented in zip(squares, found, masks):
+        best = max(detections["chestx_det"], key=lambda d: d["score"])
+        assert best["label"] == "Nodule" and _iou(best["box"], square) > 0.5, (best, square)
+        mask = segmented["chestx_det"]["Nodule"] > 0.5
+        assert mask.shape == (96, 128)
+        truth = np.zeros_like(mask)
+        truth[round(square[1]):round(square[3]), round(square[0]):round(square[2])] = True
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.5
+    assert predict_main(["--model", str(tmp_path / "release"), files[0], "--boxes", "--json", "--masks",
+                         str(tmp_path / "masks")]) == 0
+    printed = json.loads(capsys.readouterr().out)[files[0]]
+    assert printed["boxes"]["chestx_det"][0]["label"] == "Nodule"
+    assert (tmp_path / "masks" / f"{Path(files[0]).stem}.chestx_det.Nodule.png").is_file()

@@ -46,6 +46,22 @@ class _Classifier(torch.nn.Module):
         return SimpleNamespace(logits={h: self.model(x, task="cls", dataset=h).logits[h] for h in heads})
 
 
+FAMILIES = ("auc", "map50", "map", "dice", "dice_global")
+
+
+def family_means(metrics: dict[str, float]) -> dict[str, float]:
+    """`<family>/<split>/mean/<model>`: each metric family's mean over the recipe's steps (what a
+    sweep can rank runs by, e.g. tune.metric=map50/val/mean/teacher); NaN values (a split without a
+    class or a box) are left out, and a family with none left is NaN."""
+    groups: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        family, split, _, model = key.split("/")
+        if family in FAMILIES:
+            groups.setdefault(f"{family}/{split}/mean/{model}", []).append(value)
+    return {key: (float(np.mean(kept)) if (kept := [v for v in values if v == v]) else math.nan)
+            for key, values in groups.items()}
+
+
 def build_model(cfg: Config, entries: dict[str, dict], *, log=print):
     """(the model, its classification, box and mask label spaces) for the recipe's steps, from the
     manifest entries by name; the pretrained weights loaded where the recipe names them."""
@@ -193,7 +209,7 @@ class FoundationRun(Run):
                 else:
                     out.update(self._evaluate_dense(models, entry, split, step))
         student.train()
-        return out
+        return out | family_means(out)
 
     def _evaluate_dense(self, models: dict, entry: dict, split: str, step) -> dict:
         loader = EvalLoader(entry=entry, config=self.cfg.data, split=split, seed=self.cfg.train.seed, rank=self.rank,
