@@ -26,40 +26,6 @@ PASSES = ["cls", "loc-lock", "loc-release", "seg-lock", "seg-release"]
 MIN_AUC, MIN_MAP50, MIN_DICE = 0.95, 0.5, 0.7
 
 
-def _visible(raw: Path, *, num_images: int, side: int = 64) -> None:
-    """ChestX-Det's layout, one finding: every other image carries a striped square (16-24 px,
-    anywhere) labelled Nodule, with the square as its box and polygon."""
-    from shards import synth
-
-    rng = np.random.default_rng(0)
-    entries = {"train": [], "test": []}
-    for i in range(num_images):
-        name, split = f"{40000 + i}.png", "test" if i % 5 == 4 else "train"
-        pixels = synth.radiograph(rng, side, side)
-        syms, boxes, polygons = [], [], []
-        if i % 2:
-            size = int(rng.integers(16, 25))
-            x, y = (int(v) for v in rng.integers(4, side - 4 - size, size=2))
-            stripes = 0.3 * np.sign(np.sin(2 * np.pi * np.arange(size) / 6))[:, None]
-            pixels[y:y + size, x:x + size] = np.clip(pixels[y:y + size, x:x + size] + stripes, 0, 1)
-            x1, y1 = x + size - 1, y + size - 1
-            syms, boxes, polygons = ["Nodule"], [[x, y, x1, y1]], [[[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]]
-        entries[split].append({"file_name": name, "syms": syms, "boxes": boxes, "polygons": polygons})
-        synth.write_png8(raw / split / name, pixels)
-    for split in entries:
-        (raw / f"ChestX_Det_{split}.json").write_text(json.dumps(entries[split]))
-
-
-@pytest.fixture(scope="module")
-def visible_store(tmp_path_factory) -> Path:
-    raw, out = tmp_path_factory.mktemp("fx-raw"), tmp_path_factory.mktemp("fx-store")
-    _visible(raw, num_images=400)
-    code, _, err = run_shards("build", "--source", "chestx_det", "--root", raw, "--out", out, "--quiet",
-                              "--workers", "1", "--samples-per-shard", "32", "--max-side", "64")
-    assert code == 0, err
-    return out
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
