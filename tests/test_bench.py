@@ -5,7 +5,8 @@ the figures are for the notes, measured with the commands themselves).
 - the plain path times exactly `--steps` steps of `--batch` images per window, trains, and reports
   images over the time it measured;
 - both paths run end to end (the ark-dist path in Ray workers, whose steps this process cannot
-  see: it is checked to run and report one rate per window)."""
+  see: it is checked to run and report one rate per window), for the Ark step and for Foundation X's
+  box and mask steps (`--task`)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,34 @@ def test_bench_step_runs_both_paths_end_to_end(tmp_path, capsys):
     assert figures["step_gflops_per_image"] * 1e9 * BATCH == pytest.approx(swin_step_flops(cfg, BATCH), rel=1e-12)
     printed = capsys.readouterr().out
     assert "plain PyTorch loop" in printed and "ark-dist (Ray + DeepSpeed)" in printed
+
+
+@pytest.mark.slow
+def test_bench_step_task_runs_foundation_x_box_and_mask_steps_on_both_paths(tmp_path, capsys):
+    """`--task loc` and `--task seg` on the test-sized four-stage Swin: both paths run the task's
+    step and the table names it, with a finite img/s per path."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one cluster for both runs
+    threads = torch.get_num_threads()
+    try:
+        for task in ("loc", "seg"):
+            out = tmp_path / f"{task}.json"
+            code = bench.main(["--tiny", "--task", task, "--batch", str(BATCH), "--steps", str(STEPS),
+                               "--warmup", str(WARMUP), "--repeats", str(REPEATS), "--threads", "1",
+                               "--json", str(out), "--storage", str(tmp_path / "runs")])
+            assert code == 0
+            printed = capsys.readouterr().out
+            assert f"bench step --task {task}: Foundation X chestx_det:{task}" in printed, printed
+            for path in ("plain PyTorch loop", "ark-dist (Ray + DeepSpeed)"):
+                row, = [line for line in printed.splitlines() if line.startswith(path)]
+                fx, step, median = row[len(path):].split()[:3]  # then TFLOP/s and the windows
+                assert fx == "FX", row
+                assert step == f"chestx_det:{task}" and math.isfinite(float(median)) and float(median) > 0, row
+            figures = json.loads(out.read_text())
+            assert figures["step"] == f"FX chestx_det:{task}"
+            for path in ("plain_img_per_s", "ark_dist_img_per_s"):
+                assert len(figures[path]) == REPEATS and all(math.isfinite(r) and r > 0 for r in figures[path])
+    finally:
+        torch.set_num_threads(threads)
+        ray.shutdown()

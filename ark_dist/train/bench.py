@@ -10,6 +10,7 @@ Both run the same model, batch per rank and precision on synthetic batches alrea
 (this measures the step, not the data plane: `bench data` does that). Figures are medians over
 `--repeats` windows of `--steps` steps after `--warmup` steps. On a GPU it also counts the step's
 FLOPs (student forward and backward, teacher forward) and reports the share of the bf16 peak.
+`--task cls|loc|seg` runs a Foundation X step of that task instead (ark_dist/train/bench_fx.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def _args(argv):
     p = argparse.ArgumentParser(prog="launch.py bench step", description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="swin_base_patch4_window7_224" if gpu else "swin_tiny_patch4_window7_224")
     p.add_argument("--backbone-kwargs", default="{}", help=f"JSON, e.g. the test-sized Swin: '{TINY}'")
-    p.add_argument("--tiny", action="store_true", help="the test-sized Swin at 64 px (a smoke run)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the test-sized Swin at 64 px (a smoke run; with --task four stages and 32-wide dense heads)")
+    p.add_argument("--task", choices=["cls", "loc", "seg"],
+                   help="a Foundation X step of this task (configs/foundation_x.yaml, one dataset's heads) "
+                        "instead of the Ark step")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=64 if gpu else 8, help="images per rank and step")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16" if gpu else "fp32")
@@ -59,21 +64,33 @@ def _args(argv):
     p.add_argument("--storage", default="out/bench", help="Ray's run folder for the ark-dist path")
     args = p.parse_args(argv)
     if args.tiny:
-        args.backbone, args.backbone_kwargs, args.image_size = "swin_base_patch4_window7_224", TINY, 64
+        from ark_dist.train.bench_fx import TINY4  # Foundation X's heads read four stages
+
+        args.backbone, args.image_size = "swin_base_patch4_window7_224", 64
+        args.backbone_kwargs = TINY4 if args.task else TINY
     return args
 
 
-def bench_config(args) -> Config:
-    """The trainer's config for this benchmark (DeepSpeed is built from it exactly as in training)."""
+def shared_overrides(args) -> list[str]:
+    """The config keys both steps take from the flags: backbone, input size, engine and batch."""
     kwargs = json.loads(args.backbone_kwargs)
-    overrides = [f"model.backbone={args.backbone}", f"model.backbone_kwargs={json.dumps(kwargs)}",
-                 f"data.views.image_size={args.image_size}", f"data.views.load_size={args.image_size * 8 // 7}",
-                 f"engine.num_workers={args.workers}", f"engine.use_gpu={str(args.device == 'cuda').lower()}",
-                 f"engine.cpus_per_worker={max(1, args.threads // args.workers)}", f"engine.zero_stage={args.zero}",
-                 f"engine.precision={args.precision}", f"engine.compile={str(args.compile).lower()}",
-                 f"train.global_batch={args.batch * args.workers}", "optim.warmup_epochs=0",
-                 f"data.datasets=[{', '.join(HEADS)}]"]
-    return load(None, overrides)
+    return [f"model.backbone={args.backbone}", f"model.backbone_kwargs={json.dumps(kwargs)}",
+            f"data.views.image_size={args.image_size}", f"engine.num_workers={args.workers}",
+            f"engine.use_gpu={str(args.device == 'cuda').lower()}",
+            f"engine.cpus_per_worker={max(1, args.threads // args.workers)}", f"engine.zero_stage={args.zero}",
+            f"engine.precision={args.precision}", f"engine.compile={str(args.compile).lower()}",
+            f"train.global_batch={args.batch * args.workers}", "optim.warmup_epochs=0"]
+
+
+def bench_config(args) -> Config:
+    """The trainer's config for this benchmark (DeepSpeed is built from it exactly as in training):
+    Ark's defaults with its six heads, or with `--task` the Foundation X recipe (bench_fx)."""
+    if args.task:
+        from ark_dist.train import bench_fx
+
+        return bench_fx.bench_config(args, overrides=shared_overrides(args))
+    return load(None, shared_overrides(args) + [f"data.views.load_size={args.image_size * 8 // 7}",
+                                                f"data.datasets=[{', '.join(HEADS)}]"])
 
 
 def synthetic_batch(batch: int, views: ViewConfig, seed: int = 0) -> dict:
@@ -94,7 +111,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _windows(step, *, device, warmup: int, steps: int, repeats: int, images_per_step: int) -> list[float]:
+def timed_windows(step, *, device, warmup: int, steps: int, repeats: int, images_per_step: int) -> list[float]:
     """img/s of each timed window."""
     for _ in range(warmup):
         step()
@@ -109,7 +126,7 @@ def _windows(step, *, device, warmup: int, steps: int, repeats: int, images_per_
     return rates
 
 
-def _dtype(precision: str) -> torch.dtype:
+def precision_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -130,7 +147,7 @@ def step_flops(cfg: Config, batch: dict, device: torch.device) -> float:
 def plain_loop(cfg: Config, args) -> list[float]:
     """The reference point: single process, autocast, torch SGD, EMA every step."""
     device = torch.device(args.device)
-    dtype = _dtype(args.precision)
+    dtype = precision_dtype(args.precision)
     torch.manual_seed(0)
     model = ArkModel(cfg.model, heads=HEADS).to(device)
     teacher = make_teacher(model)
@@ -147,8 +164,8 @@ def plain_loop(cfg: Config, args) -> list[float]:
         opt.zero_grad(set_to_none=True)
         ema_update(teacher.parameters(), student=model.parameters(), m=0.999)
 
-    return _windows(step, device=device, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
-                    images_per_step=args.batch)
+    return timed_windows(step, device=device, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
+                         images_per_step=args.batch)
 
 
 def _ark_dist_worker(spec: dict) -> None:
@@ -171,7 +188,7 @@ def _ark_dist_worker(spec: dict) -> None:
     if cfg.engine.compile:
         engines.compile_models(engine, teacher)
     batch = synthetic_batch(micro, cfg.data.views, seed=ray.train.get_context().get_world_rank())
-    dtype = _dtype(cfg.engine.precision)
+    dtype = precision_dtype(cfg.engine.precision)
 
     def step():
         loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
@@ -180,9 +197,16 @@ def _ark_dist_worker(spec: dict) -> None:
         engine.step()
         engines.update_teacher(engine, teacher, 0.999)  # the trainer's EMA: from the fp32 master weights
 
-    rates = _windows(step, device=device, warmup=spec["warmup"], steps=spec["steps"], repeats=spec["repeats"],
-                     images_per_step=micro * world)
+    report_rates(timed_windows(step, device=device, warmup=spec["warmup"], steps=spec["steps"],
+                               repeats=spec["repeats"], images_per_step=micro * world))
+
+
+def report_rates(rates: list[float]) -> None:
+    """Hand a rank's img/s per window to the driver; every rank calls it (`ray.train.report` is a
+    collective), rank 0's rates travel."""
     import tempfile
+
+    import ray.train
 
     with tempfile.TemporaryDirectory() as folder:  # Train V2 keeps metrics only with a checkpoint
         checkpoint = None
@@ -192,26 +216,27 @@ def _ark_dist_worker(spec: dict) -> None:
         ray.train.report({"rates": rates}, checkpoint=checkpoint)
 
 
-def ark_dist_loop(cfg: Config, args) -> list[float]:
+def ark_dist_loop(cfg: Config, args, *, worker=_ark_dist_worker) -> list[float]:
+    """img/s per window of `worker` (one Ray Train rank's step loop) on `cfg.engine.num_workers` ranks."""
     import ray
 
     from ark_dist.train.run import start_ray
 
     started = start_ray()
     try:
-        return _fit_ark_dist(cfg, args)
+        return _fit_ark_dist(cfg, args, worker=worker)
     finally:
         if started:
             ray.shutdown()
 
 
-def _fit_ark_dist(cfg: Config, args) -> list[float]:
+def _fit_ark_dist(cfg: Config, args, *, worker) -> list[float]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cfg.engine.cpus_per_worker, **({"GPU": 1} if cfg.engine.use_gpu else {})}
     spec = {"config": to_dict(cfg), "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats}
-    trainer = TorchTrainer(_ark_dist_worker, train_loop_config=spec,
+    trainer = TorchTrainer(worker, train_loop_config=spec,
                            scaling_config=ScalingConfig(num_workers=cfg.engine.num_workers, use_gpu=cfg.engine.use_gpu,
                                                         resources_per_worker=resources),
                            run_config=RunConfig(name=f"bench-step-{os.getpid()}-{time.time_ns()}",
@@ -243,20 +268,34 @@ def main(argv: list[str]) -> int:
     what = (f"{args.backbone} {json.loads(args.backbone_kwargs) or ''} {args.image_size}px, batch {args.batch}/rank, "
             f"{args.precision}, {args.device}, {args.workers} worker(s), ZeRO {args.zero}"
             f"{', compiled' if args.compile else ''}")
-    print(f"bench step: {what}", flush=True)
-    flops = step_flops(cfg, {k: v.to(device) for k, v in synthetic_batch(args.batch, cfg.data.views).items()}, device)
-    plain = plain_loop(cfg, args)
-    ours = ark_dist_loop(cfg, args)
+    if args.task:
+        from ark_dist.train import bench_fx
+
+        step = f"FX {bench_fx.the_step(cfg)}"
+        print(f"bench step --task {args.task}: Foundation X {bench_fx.the_step(cfg)}, {what}", flush=True)
+        batch = bench_fx.synthetic_batch(args.batch, cfg.data.views, task=args.task)
+        flops = bench_fx.step_flops(cfg, bench_fx.on_device(batch, device), device)
+        plain = bench_fx.plain_loop(cfg, args)
+        ours = ark_dist_loop(cfg, args, worker=bench_fx.ark_dist_worker)
+    else:
+        step = "Ark"
+        print(f"bench step: {what}", flush=True)
+        flops = step_flops(cfg, {k: v.to(device) for k, v in synthetic_batch(args.batch, cfg.data.views).items()},
+                           device)
+        plain = plain_loop(cfg, args)
+        ours = ark_dist_loop(cfg, args)
     p, o = statistics.median(plain), statistics.median(ours)
-    figures = {"what": what, "plain_img_per_s": plain, "ark_dist_img_per_s": ours, "plain_median": p,
+    figures = {"what": what, "step": step, "plain_img_per_s": plain, "ark_dist_img_per_s": ours, "plain_median": p,
                "ark_dist_median": o, "ratio": o / p, "step_gflops_per_image": flops / args.batch / 1e9}
     rows = [("plain PyTorch loop", p, plain), ("ark-dist (Ray + DeepSpeed)", o, ours)]
-    print(f"{'path':<28} {'img/s (median)':>15} {'TFLOP/s':>9}  windows")
+    width = max(len(step), 4)
+    print(f"{'path':<28} {'step':<{width}} {'img/s (median)':>15} {'TFLOP/s':>9}  windows")
     for name, median, windows in rows:
         per_rank = median / (args.workers if name.startswith("ark") else 1)
         tflops = per_rank * flops / args.batch / 1e12
-        print(f"{name:<28} {median:>15.1f} {tflops:>9.2f}  {' '.join(f'{r:.1f}' for r in windows)}")
-    print(f"ratio ark-dist / plain: {o / p:.3f} (per image, ark-dist costs {100 * (p / o - 1):+.1f}% vs plain)")
+        print(f"{name:<28} {step:<{width}} {median:>15.1f} {tflops:>9.2f}  {' '.join(f'{r:.1f}' for r in windows)}")
+    print(f"ratio ark-dist / plain ({step}): {o / p:.3f} "
+          f"(per image, ark-dist costs {100 * (p / o - 1):+.1f}% vs plain)")
     peak = _peak(args)
     if peak:
         share = (o / args.workers) * flops / args.batch / 1e12 / peak
