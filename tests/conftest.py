@@ -295,3 +295,19 @@ def visible_store(tmp_path_factory) -> Path:
                               "--workers", "1", "--samples-per-shard", "32", "--max-side", "64")
     assert code == 0, err
     return out
+
+
+ELEVEN = ["chexpert", "chestxray14", "vindr_cxr", "shenzhen", "mimic_cxr", "tbx11k", "node21", "candid_ptx",
+          "rsna_pneumonia", "chestx_det", "siim_acr"]
+
+
+@pytest.fixture(scope="session")
+def eleven_store(tmp_path_factory) -> Path:
+    """Look-alikes of the eleven datasets Foundation X trains on, 24 images each."""
+    raw, out = tmp_path_factory.mktemp("fx11-raw"), tmp_path_factory.mktemp("fx11-store")
+    synthesize_all(raw, num_images=24, seed=0, scale=0.125, sources=ELEVEN)
+    for source in ELEVEN:
+        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
+                                  "--workers", "1", "--samples-per-shard", "8", "--max-side", "64")
+        assert code == 0, err
+    return out

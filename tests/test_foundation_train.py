@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from ark_dist.config import load
 from ark_dist.method.foundation import TRUNK
-from conftest import run_shards
 
 TINY4 = json.dumps({"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4,
                     "img_size": 64})
@@ -148,24 +147,6 @@ def test_a_run_resumed_inside_a_lock_pass_ends_as_the_uninterrupted_one(visible_
     for name in ("teacher.safetensors", "student.safetensors"):
         a, b = (load_file(Path(r.checkpoint.path) / name) for r in (whole, parts))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-
-
-ELEVEN = ["chexpert", "chestxray14", "vindr_cxr", "shenzhen", "mimic_cxr", "tbx11k", "node21", "candid_ptx",
-          "rsna_pneumonia", "chestx_det", "siim_acr"]
-
-
-@pytest.fixture(scope="module")
-def eleven_store(tmp_path_factory) -> Path:
-    """Look-alikes of the eleven datasets Foundation X trains on, 24 images each."""
-    from shards.synth import synthesize_all
-
-    raw, out = tmp_path_factory.mktemp("fx11-raw"), tmp_path_factory.mktemp("fx11-store")
-    synthesize_all(raw, num_images=24, seed=0, scale=0.125, sources=ELEVEN)
-    for source in ELEVEN:
-        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
-                                  "--workers", "1", "--samples-per-shard", "8", "--max-side", "64")
-        assert code == 0, err
-    return out
 
 
 def test_the_published_recipe_runs_its_twenty_steps_on_the_eleven_look_alikes(eleven_store, tmp_path, ray_cluster):

@@ -61,13 +61,15 @@ def test_ark6_passes_its_dry_run_at_a_reduced_size(six_store, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_dry_runs_against_a_six_dataset_store(path, six_store, capsys):
+def test_every_recipe_dry_runs_against_a_look_alike_store(path, request, capsys):
+    """Ark's recipes on the six datasets' look-alikes, Foundation X's on the eleven's."""
     from ark_dist.train.cli import main
 
     cfg = load(path)
+    store = request.getfixturevalue("eleven_store" if cfg.method.foundation.steps else "six_store")
     tiny = {**cfg.model.backbone_kwargs, **TINY_SWIN}  # every recipe's backbone, shrunk to fit a CI machine
     size = [f"model.backbone_kwargs={str(tiny).replace(chr(39), '')}", "data.views.image_size=64",
             "data.views.load_size=72"]
-    args = ["--config", str(path), "--dry-run", f"data.store.url={six_store}", "model.pretrained=null",
+    args = ["--config", str(path), "--dry-run", f"data.store.url={store}", "model.pretrained=null",
             "data.num_workers=0", *size]
     assert main(args) == 0, capsys.readouterr().err
