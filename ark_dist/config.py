@@ -102,6 +102,11 @@ class Config:
             if self.method.schedule != "cyclic" or target is not None:
                 raise ValueError("method.foundation.steps: Foundation X runs its own passes (method.schedule cyclic, "
                                  "no finetune.target)")
+            # The lock's zero LR follows the optimizer step: one step per batch, none skipped. Gradient
+            # accumulation steps once per k batches, and fp16 skips a step on every overflow.
+            if self.engine.grad_accum != 1 or self.engine.precision == "fp16":
+                raise ValueError("method.foundation.steps: Foundation X needs engine.grad_accum=1 and precision fp32 "
+                                 f"or bf16 (got {self.engine.grad_accum} and {self.engine.precision})")
         world = self.engine.num_workers
         if self.train.global_batch % (world * self.engine.grad_accum):
             raise ValueError(f"train.global_batch {self.train.global_batch} must split evenly over "

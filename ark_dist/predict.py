@@ -300,6 +300,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         model = load(args.model)
+        stems = [Path(f).stem for f in args.files]
+        if args.masks and len(set(stems)) < len(stems):
+            twice = sorted({s for s in stems if stems.count(s) > 1})
+            raise ValueError(f"--masks: inputs share the name {', '.join(twice)}, so their masks would overwrite "
+                             "each other; rename one")
         if (args.boxes and not model.boxes) or (args.masks and not model.masks):
             raise ValueError(f"{args.model}: this release has no {'box' if args.boxes and not model.boxes else 'mask'} "
                              "heads (a Foundation X release has them)")
@@ -310,8 +315,9 @@ def main(argv: list[str]) -> int:
             if args.boxes:
                 for prediction, found in zip(predictions[start:], model.detect(chunk)):
                     prediction["boxes"] = found
-            if args.masks:
-                write_masks(args.masks, chunk, model.segment(chunk))
+            if args.masks:  # one at a time: a (h, w) float map per class of a full-size image is large
+                for file in chunk:
+                    write_masks(args.masks, [file], model.segment([file]))
             notes += model.notes
     except (ValueError, InputError) as exc:
         print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)

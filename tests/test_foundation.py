@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ark_dist.method.config import FoundationConfig
-from ark_dist.method.foundation import (TRUNK, Pass, Step, cycle_lr_scale, ema_module, feature_consistency,
-                                        group_scales, parameter_groups, pass_steps, passes, seg_loss, ungrouped)
+from ark_dist.method.foundation import (TRUNK, Clock, Pass, Step, cycle_lr_scale, ema_module, feature_consistency,
+                                        parameter_groups, pass_steps, passes, seg_loss, ungrouped)
 from ark_dist.model import load_pretrained
 from ark_dist.model.config import DenseConfig, ModelConfig
 from ark_dist.model.foundation import FoundationModel
@@ -134,31 +134,46 @@ def test_every_trainable_parameter_is_in_exactly_one_group_and_the_backbone_gets
 
 @pytest.mark.parametrize("task", ["loc", "seg"])
 def test_a_lock_pass_leaves_the_trunk_bitwise_unchanged_and_the_release_pass_moves_it(task):
+    """The trainer's own LR clock (LambdaLR over `Clock.lr_scales`, stepped after every optimizer
+    step) through release (2 steps), lock (3) and release (1), AdamW with weight decay."""
     dataset = "chestx_det"
     model = _model()
     groups = parameter_groups(model, lr=1e-2, backbone_lr_scale=0.1, weight_decay=1e-2)
     optimizer = torch.optim.AdamW(groups)
     step = Step(dataset, task)
-    lock, release = Pass(step, "lock", 0.5), Pass(step, "release", 1.0)
-    base = [g["lr"] for g in optimizer.param_groups]
+    clock = Clock(passes=(Pass(step, "release", 1.0), Pass(step, "lock", 0.5), Pass(step, "release", 1.0)),
+                  steps=(2, 3, 1), cycles=1, warmup_cycles=0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, clock.lr_scales(groups))
 
-    def train(item: Pass, steps: int) -> None:
-        for group, lr, scale in zip(optimizer.param_groups, base, group_scales(groups, item)):
-            group["lr"] = lr * scale
+    def train(steps: int) -> dict:
         for _ in range(steps):
             optimizer.zero_grad()
             _loss(model, torch.randn(2, 3, SIDE, SIDE), step).backward()
             optimizer.step()
+            scheduler.step()
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    train(release, 2)  # the trunk's Adam moments are not zero when the lock comes
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(lock, 3)
+    before = train(2)  # the trunk's Adam moments are not zero when the lock comes
+    locked = train(3)
     trunk = [n for n in before if n.split(".")[0] in TRUNK[task]]
     own = [n for n in before if n.startswith(f"{task}_heads.{dataset}.")]
-    assert trunk and all(torch.equal(before[n], dict(model.named_parameters())[n]) for n in trunk)
-    assert all(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in own)
-    train(release, 1)
-    assert any(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in trunk if "backbone" in n)
+    assert trunk and all(torch.equal(before[n], locked[n]) for n in trunk)
+    assert all(not torch.equal(before[n], locked[n]) for n in own)
+    released = train(1)
+    assert any(not torch.equal(locked[n], released[n]) for n in trunk if "backbone" in n)
+
+
+def test_the_clock_locates_every_step_and_zeroes_exactly_the_locked_groups():
+    step = Step("node21", "loc")
+    cycle = (Pass(Step("node21", "cls"), "train", 1.0), Pass(step, "lock", 0.5), Pass(step, "release", 1.0))
+    clock = Clock(passes=cycle, steps=(4, 2, 4), cycles=3, warmup_cycles=1, warmup_scale=0.05)
+    assert [clock.locate(s) for s in (0, 3, 4, 5, 6, 9, 10, 29, 35)] == [
+        (0, 0), (0, 0), (0, 1), (0, 1), (0, 2), (0, 2), (1, 0), (2, 2), (2, 1)]  # past the end: the last cycle
+    scales = clock.lr_scales([{"name": "backbone"}, {"name": "loc_neck"}, {"name": "loc_heads"}])
+    table = [[round(f(s), 6) for f in scales] for s in (3, 4, 5, 6, 14, 16)]
+    cosine = round((1 + math.cos(math.pi / 2)) / 2, 6)  # cycle 2 of 3, the second after the warm-up
+    assert table == [[0.05] * 3, [0, 0, 0.05], [0, 0, 0.05], [0.05] * 3, [0, 0, 1.0], [1.0] * 3]
+    assert [round(f(27), 6) for f in scales] == [cosine] * 3 and [round(f(25), 6) for f in scales] == [0, 0, cosine]
 
 
 def test_the_teacher_ema_averages_parameters_and_batchnorm_statistics():
@@ -218,3 +233,14 @@ def test_family_means_average_each_metric_over_the_steps_leaving_nan_out():
                         "map50/test/a/student": float("nan"), "dice/val/a/teacher": 0.5})
     assert out["auc/val/mean/teacher"] == pytest.approx(0.7) and out["dice/val/mean/teacher"] == 0.5
     assert math.isnan(out["map50/test/mean/student"]) and len(out) == 3
+
+
+@pytest.mark.parametrize("override, named", [("engine.grad_accum=2", "grad_accum=1"), ("engine.precision=fp16", "fp32")])
+def test_a_recipe_whose_optimizer_steps_would_drift_from_the_lr_clock_is_one_line(override, named):
+    """Gradient accumulation steps once per k batches and fp16 skips overflowed steps: either would
+    move the lock's zero LR off its passes."""
+    from ark_dist.config import load
+
+    with pytest.raises(ValueError, match=named):
+        load(None, ["data.datasets=[node21]", "method.foundation.steps=[node21:cls, node21:loc]",
+                    "train.global_batch=8", override])

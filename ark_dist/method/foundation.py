@@ -133,11 +133,6 @@ def ungrouped(model: nn.Module, groups: list[dict]) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
 
 
-def group_scales(groups: list[dict], item: Pass) -> list[float]:
-    """Per group, the factor on its LR in this pass: 0 for the locked parts, else 1."""
-    return [0.0 if g["name"] in item.locked else 1.0 for g in groups]
-
-
 @torch.no_grad()
 def ema_module(teacher: nn.Module, *, student_params, student_buffers, m: float) -> None:
     """teacher = m teacher + (1 - m) student for the parameters (the student's fp32 masters, in

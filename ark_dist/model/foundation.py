@@ -66,8 +66,11 @@ class Localizer(nn.Module):
 
     def forward(self, levels: list[torch.Tensor], *, image_size: tuple[int, int]) -> dict:
         batch = levels[0].shape[0]
-        images = ImageList(levels[0].new_empty(batch, 0, *image_size), [image_size] * batch)
-        return {"head": self.fcos.head(levels), "anchors": self.fcos.anchor_generator(images, levels),
+        images = ImageList(levels[0].new_empty(batch, 0, *image_size, dtype=torch.float32), [image_size] * batch)
+        # Box regression, decoding and the GIoU loss in fp32: in bf16 a box edge past 128 px is 1 px coarse.
+        head = {k: v.float() for k, v in self.fcos.head(levels).items()}
+        anchors = self.fcos.anchor_generator(images, [level.float() for level in levels])
+        return {"head": head, "anchors": anchors,
                 "per_level": [x.shape[2] * x.shape[3] for x in levels], "image_size": image_size}
 
     def loss(self, out: dict, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -65,7 +65,7 @@ def dense_scores(model, batch: dict, *, step: Step, views, dtype, device) -> tup
     theta = eval_thetas(views)[:1].expand(len(valid), 2, 3)
     if step.task == "loc":
         detections = model.loc_heads[step.dataset].detect(out.loc)[:len(valid)]
-        truths = box_targets(batch, theta=theta, size=views.image_size, min_visible=0.0, device="cpu")
+        truths = box_targets(batch, theta=theta, size=views.image_size, min_visible=views.box_min_visible, device="cpu")
         return ([{k: v.float().cpu() for k, v in d.items()} for d, ok in zip(detections, valid) if ok],
                 [t for t, ok in zip(truths, valid) if ok])
     probs = torch.sigmoid(out.masks.float()).cpu()[:len(valid)]

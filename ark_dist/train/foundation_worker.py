@@ -121,6 +121,8 @@ class FoundationRun(Run):
         self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
         self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=0, warmup_steps=0,
                                     groups=groups, lr_scale=self.clock.lr_scales(groups))
+        if cfg.engine.compile:
+            engines.compile_models(self.engine, self.teacher)
         self.cursor, self.meter, self.history = Cursor(), DataMeter(), []
         self.last_step_end = self.last_save_s = None
 

@@ -164,6 +164,10 @@ class Run:
             if state.get("labels", self.labels) != self.labels:
                 raise ValueError(f"checkpoint {path}: its label spaces differ from the manifest's "
                                  f"(checkpoint {state['labels']}, manifest {self.labels}); start a new run name")
+            for key, ours in self.extra_state().items():  # Foundation X: its box and mask classes
+                if state.get(key, ours) != ours:
+                    raise ValueError(f"checkpoint {path}: its {key} classes differ from the manifest's (checkpoint "
+                                     f"{state[key]}, manifest {ours}); start a new run name")
             self.teacher.load_state_dict(load_file(f"{folder}/{TEACHER}"))
             self.cursor = Cursor(**state["cursor"])
         self.log(f"resumed at epoch {self.cursor.epoch}, round {self.cursor.round}, step {self.cursor.step}")
