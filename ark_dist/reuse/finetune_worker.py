@@ -49,24 +49,16 @@ class FineTune:
     """One rank of a fine-tuning run."""
 
     def __init__(self, cfg: Config):
-        import hashlib
-
-        import ray.train
-
-        from ark_dist.data import Cursor, DataMeter, Store, dataset_entry, read_manifest
+        from ark_dist.data import Cursor, DataMeter, dataset_entry
         from ark_dist.data.stream import round_steps, subset_entries
         from ark_dist.train import engine as engines
-        from ark_dist.train.worker import LOG
+        from ark_dist.train.worker import LOG, placement, store_manifest
 
         self.cfg, self.logger = cfg, LOG
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
-        store = Store(cfg.data.store)
-        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
+        self.rank, self.world, self.device, self.dtype = placement(cfg)
+        self.manifest_sha256, manifest = store_manifest(cfg)
         target = cfg.finetune.target
-        entry = dataset_entry(read_manifest(store), target, splits=("train", "val", "test"))
+        entry = dataset_entry(manifest, target, splits=("train", "val", "test"))
         self.entry = subset_entries([entry], cfg.data)[0]
         self.labels = {target: list(entry["labels"])}
         torch.manual_seed(cfg.train.seed)

@@ -30,7 +30,7 @@ from ark_dist.train import engine as engines
 from ark_dist.train.dense_metrics import BoxMeter, DiceMeter
 from ark_dist.train.evaluate import evaluate, metric_classes
 from ark_dist.train.foundation_step import dense_scores, foundation_loss
-from ark_dist.train.worker import Run
+from ark_dist.train.worker import Run, placement, store_manifest
 
 
 class _Classifier(torch.nn.Module):
@@ -86,18 +86,9 @@ class FoundationRun(Run):
     """One rank of a Foundation X run."""
 
     def __init__(self, cfg: Config):  # noqa: D401 - replaces Run.__init__: another model and other rounds
-        import hashlib
-
-        import ray.train
-
         self.cfg, fx = cfg, cfg.method.foundation
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
-        store = Store(cfg.data.store)
-        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
-        manifest = read_manifest(store)
+        self.rank, self.world, self.device, self.dtype = placement(cfg)
+        self.manifest_sha256, manifest = store_manifest(cfg)
         self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
         by_name = {e["name"]: e for e in self.entries}
         self.fx_steps, self.passes = parse_steps(fx), passes(fx)

@@ -84,20 +84,31 @@ def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def placement(cfg: Config) -> tuple[int, int, torch.device, torch.dtype]:
+    """(rank, world size, device, compute dtype) of this Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
+    return ctx.get_world_rank(), ctx.get_world_size(), device, dtype
+
+
+def store_manifest(cfg: Config) -> tuple[str, dict]:
+    """(sha256 of the store's manifest.json, its datasets), read once: the hash goes in every
+    checkpoint, the datasets give sizes and label spaces."""
+    store = Store(cfg.data.store)
+    raw = store.read_bytes("manifest.json")
+    return hashlib.sha256(raw).hexdigest(), read_manifest(store)
+
+
 class Run:
     """One rank's view of the run: model, teacher, engine, data and the cursor."""
 
     def __init__(self, cfg: Config):
-        import ray.train
-
         self.cfg = cfg
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.engine.precision]
-        store = Store(cfg.data.store)
-        self.manifest_sha256 = hashlib.sha256(store.read_bytes("manifest.json")).hexdigest()
-        manifest = read_manifest(store)
+        self.rank, self.world, self.device, self.dtype = placement(cfg)
+        self.manifest_sha256, manifest = store_manifest(cfg)
         self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
         for entry in self.entries:
             metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
