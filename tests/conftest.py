@@ -32,6 +32,15 @@ def run_shards(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def build_store(raw: Path, out: Path, sources: list[str], *, per_shard: int, max_side: int) -> Path:
+    """`shards build` of each source's look-alike under `raw` into one store `out` (one worker)."""
+    for source in sources:
+        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
+                                  "--workers", "1", "--samples-per-shard", per_shard, "--max-side", max_side)
+        assert code == 0, err
+    return out
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """The six sources of `SOURCES`, 16 images each, at 1/8 of real size (read-only: copy before
@@ -201,12 +210,7 @@ TINY_SWIN = {"embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_siz
 @pytest.fixture(scope="session")
 def six_store(synth_root, tmp_path_factory) -> Path:
     """A local store with all six datasets (64-pixel images, 4 samples per shard) for training tests."""
-    out = tmp_path_factory.mktemp("sixstore")
-    for source in ARK6:
-        code, _, err = run_shards("build", "--source", source, "--root", synth_root / source, "--out", out, "--quiet",
-                                  "--workers", "1", "--samples-per-shard", "4", "--max-side", "64")
-        assert code == 0, err
-    return out
+    return build_store(synth_root, tmp_path_factory.mktemp("sixstore"), ARK6, per_shard=4, max_side=64)
 
 
 @pytest.fixture(scope="session")
@@ -306,8 +310,4 @@ def eleven_store(tmp_path_factory) -> Path:
     """Look-alikes of the eleven datasets Foundation X trains on, 24 images each."""
     raw, out = tmp_path_factory.mktemp("fx11-raw"), tmp_path_factory.mktemp("fx11-store")
     synthesize_all(raw, num_images=24, seed=0, scale=0.125, sources=ELEVEN)
-    for source in ELEVEN:
-        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
-                                  "--workers", "1", "--samples-per-shard", "8", "--max-side", "64")
-        assert code == 0, err
-    return out
+    return build_store(raw, out, ELEVEN, per_shard=8, max_side=64)

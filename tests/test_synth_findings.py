@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import labelfacts
-from conftest import read_store_samples, run_shards
+from conftest import build_store, read_store_samples
 from shards.synth import synthesize_all
 
 SOURCES = ["mimic_cxr", "chexpert", "chestxray14", "rsna_pneumonia", "vindr_cxr", "shenzhen"]
@@ -31,11 +31,7 @@ def store(tmp_path_factory):
     """The six sources, 160 images each, built as the demo builds them (96-pixel JPEGs)."""
     raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("store")
     synthesize_all(raw, num_images=160, seed=3, scale=0.08, sources=SOURCES)
-    for source in SOURCES:
-        code, _, err = run_shards("build", "--source", source, "--root", raw / source, "--out", out, "--quiet",
-                                  "--workers", "1", "--max-side", "96", "--samples-per-shard", "64")
-        assert code == 0, err
-    return raw, out
+    return raw, build_store(raw, out, SOURCES, per_shard=64, max_side=96)
 
 
 def truth(facts: dict, classes: list[str]) -> list[float]:
