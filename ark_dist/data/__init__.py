@@ -2,10 +2,12 @@
 
 Public API: `DataConfig`, `Store`, `read_manifest`, `canvas_warnings`, `RunLoader` (one loader for
 a whole run), `train_loader`/`mixed_loader` (one round), `EvalLoader`, `Cursor`, `round_steps`,
-`render`/`render_eval` (views on the training device), `DataMeter`.
+`render`/`render_eval` (views on the training device), `canvases` (a batch's images on the device,
+JPEGs decoded there under `data.decode: device`), `DataMeter`.
 """
 
 from ark_dist.data.config import DataConfig, PolicyConfig, StoreConfig, ViewConfig
+from ark_dist.data.device_decode import canvases
 from ark_dist.data.manifest import canvas_warnings, dataset_entry, read_manifest
 from ark_dist.data.meter import DataMeter
 from ark_dist.data.remote import ShardReadError, Store
@@ -16,4 +18,4 @@ from ark_dist.data.views import render, render_eval
 
 __all__ = ["DataConfig", "PolicyConfig", "StoreConfig", "ViewConfig", "Store", "ShardReadError", "DataError",
            "read_manifest", "dataset_entry", "canvas_warnings", "RunLoader", "train_loader", "mixed_loader",
-           "EvalLoader", "Cursor", "round_steps", "render", "render_eval", "DataMeter"]
+           "EvalLoader", "Cursor", "round_steps", "render", "render_eval", "canvases", "DataMeter"]

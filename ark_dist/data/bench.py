@@ -5,6 +5,9 @@
   pipeline      the loader (decode + policy + view draws + batch) in one process, then N processes,
                 for each canvas side in --load-sizes (e.g. 256,512: the cost of a larger canvas)
   + views       the same with both views rendered on this machine's CPU (on a GPU they are ~free)
+  decode        (with --decode loader,device) the rank's whole intake, JPEG decode in the loader
+  on the device processes against on the rank's --device (data.decode), with both views rendered there:
+                img/s and CPU-seconds per image (the process and its loader processes together)
   reference     the reference code's style: a torch Dataset opening full-size original PNGs with
                 PIL and augmenting both views with torchvision transforms, same processes
   s3 / cache    (with --s3) the pipeline streaming from a local S3 server, and from a cold and a
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, read_manifest, render
+from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, canvases, read_manifest, render
 from ark_dist.data.stages import decode_image
 from ark_dist.data.stream import TrainStream, make_loader
 from ark_dist.data.config import ViewConfig
@@ -50,11 +53,17 @@ def _args(argv):
                    help="canvas sides (data.views.load_size) to measure side by side, e.g. 256,512 "
                         f"(default {ViewConfig().load_size})")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--decode", default="", help="data.decode modes to compare side by side, e.g. loader,device")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="the rank's device for --decode (default: cuda where there is one)")
     p.add_argument("--s3", action="store_true", help="also stream through a local S3 server (moto) and a cache")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     args.workers = sorted({int(w) for w in args.workers.split(",")})
     args.load_sizes = [int(x) for x in dict.fromkeys(args.load_sizes.split(","))]
+    args.decode = [m for m in dict.fromkeys(args.decode.split(",")) if m]
+    if any(m not in ("loader", "device") for m in args.decode):
+        p.error(f"--decode {','.join(args.decode)}: each mode is loader or device")
     return args
 
 
@@ -96,6 +105,43 @@ def _stored_images(config: DataConfig, entry: dict) -> list[bytes]:
         with store.open_shard(shard["url"], size=shard["num_bytes"], sha256=shard["sha256"]) as f:
             images += [p.get("jpg", p.get("png")) for _, p in read_tar(f.read())]
     return images
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (a loader's processes, once joined)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _intake_rates(config: DataConfig, entry: dict, args) -> dict:
+    """{mode: {workers: {"img_per_s", "cpu_s_per_img"}}}: the rank's intake (loader, canvases on
+    the device, both views rendered there) per `data.decode` mode, timed in turns."""
+    device = torch.device(args.device)
+    count = args.batches * args.batch
+    out = {mode: {} for mode in args.decode}
+    for w in args.workers:
+        runs, cpu = {}, {mode: [] for mode in args.decode}
+        for mode in args.decode:
+            def run(mode=mode):
+                fresh = replace(config, num_workers=w, decode=mode)
+                stream = TrainStream(entry=entry, config=fresh, seed=0, cursor=Cursor(), rank=0,
+                                     batch_size=args.batch, num_batches=args.batches)
+                before = _cpu_seconds()
+                for batch in make_loader(stream, fresh):
+                    images = canvases(batch, device)
+                    render(images, theta=batch["theta_student"].to(device), size=args.image_size,
+                           photo=batch["photo"].to(device))
+                    render(images, theta=batch["theta_teacher"].to(device), size=args.image_size)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                cpu[mode].append((_cpu_seconds() - before) / count)
+
+            runs[mode] = run
+        for mode, rate in _median_rates(runs, count, args.repeats).items():
+            out[mode][w] = {"img_per_s": rate, "cpu_s_per_img": statistics.median(cpu[mode])}
+    return out
 
 
 def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> float:
@@ -191,6 +237,8 @@ def main(argv=None) -> int:
         report["workers"] = report["load_sizes"][args.load_sizes[0]]
         report["pipeline_share_of_decode"] = report["workers"][min(args.workers)]["pipeline"] / (
             report["decode_img_per_s"] * max(1, min(args.workers)))  # one process against one core's decode
+        if args.decode:
+            report["intake"] = {"device": args.device, "rates": _intake_rates(config, entry, args)}
         if args.s3:
             from ark_dist.data.bench_s3 import s3_rates
 
@@ -229,6 +277,18 @@ def _print(r: dict) -> None:
         ratios = ", ".join(f"{w} workers {rows[w]['pipeline'] / base[w]['pipeline']:.2f}" for w in rows)
         print(f"  pipeline at {size} px / at {first} px: {ratios}")
     print(f"\n  pipeline per worker / pure stored decode: {100 * r['pipeline_share_of_decode']:.0f}%  (target >= 70%)")
+    if "intake" in r:
+        rates = r["intake"]["rates"]
+        print(f"\n  the rank's intake, views rendered on {r['intake']['device']} (data.decode)")
+        print(f"  {'decode':>7s} {'workers':>7s} {'img/s':>9s} {'CPU ms/img':>11s}")
+        for mode, rows in rates.items():
+            for w, row in rows.items():
+                print(f"  {mode:>7s} {w:7d} {row['img_per_s']:9.1f} {1000 * row['cpu_s_per_img']:11.2f}")
+        if len(rates) == 2:
+            for w in rates["loader"]:
+                a, b = rates["loader"][w], rates["device"][w]
+                print(f"  device / loader, {w} workers: img/s {b['img_per_s'] / a['img_per_s']:.2f}, "
+                      f"CPU per image {b['cpu_s_per_img'] / a['cpu_s_per_img']:.2f}")
     if "s3" in r:
         s3 = r["s3"]
         print(f"  {s3['workers']} workers: local {s3['local']:.1f}, s3 {s3['s3']:.1f} ({100 * s3['s3'] / s3['local']:.0f}%,"

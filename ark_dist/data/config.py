@@ -104,6 +104,10 @@ class DataConfig:
     # third of the split goes unseen in a round).
     sampling: Literal["epoch", "resampled"] = "epoch"  # a round is one pass (Ark) | shards drawn with replacement
     num_workers: int = 4  # loader processes per rank
+    # Where JPEGs are decoded: `loader` (its processes, on the CPU) or `device` (the rank, in one
+    # batched call on its GPU: nvJPEG; the loader reads headers only, for nodes with few CPU cores
+    # per GPU). PNGs and unusual JPEGs are decoded by the loader either way (data/device_decode.py).
+    decode: Literal["loader", "device"] = "loader"  # JPEG decode in the loader processes | on the rank's device
     prefetch_factor: int = 4  # batches each loader process keeps ready
     shuffle_buffer: int = 2000  # samples each loader stream mixes (across shards) before yielding them
     max_steps_per_round: int | None = None  # cap on a round's steps (huge datasets don't drown small ones)
@@ -123,6 +127,8 @@ class DataConfig:
             raise ValueError("data.datasets must list each dataset once")
         if self.sampling not in ("epoch", "resampled"):
             raise ValueError(f"data.sampling={self.sampling!r} must be epoch or resampled")
+        if self.decode not in ("loader", "device"):
+            raise ValueError(f"data.decode={self.decode!r} must be loader or device")
         if self.num_workers < 0 or self.prefetch_factor < 1 or self.shuffle_buffer < 1:
             raise ValueError("data: num_workers >= 0, prefetch_factor >= 1 and shuffle_buffer >= 1 are required")
         if self.max_steps_per_round is not None and self.max_steps_per_round < 1:

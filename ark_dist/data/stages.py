@@ -8,8 +8,9 @@ reads the stream's own range of the round's pass over the shards (`sequence`, pl
 shuffles exactly that range (`share`).
 
 A sample is a dict that grows as it flows: `key`, `shard` (its URL), `position`, `parts` (raw bytes) after
-`tar_samples`; `image` (1, L, L) uint8, `size` (w, h) and `facts` after `decode`; `target`/`mask`
-after `label`; `theta_student`/`theta_teacher`/`photo` after `views`. A stream asked for dense
+`tar_samples`; `image` (1, L, L) uint8 (or, decoding on the device, `jpeg` bytes and `canvas` L),
+`size` (w, h) and `facts` after `decode`; `target`/`mask` after `label`;
+`theta_student`/`theta_teacher`/`photo` after `views`. A stream asked for dense
 targets (`decode(..., dense=DenseSpec)`) also gets, after `decode`, `masks` (C, L, L) uint8 0/1 and
 `mask_known` (C,) bool (C: the manifest's mask classes), `boxes` (N, 4) float32 xyxy in stored
 pixels and `box_labels` (N,) int64; they stay in the stored image's frame until the device warps
@@ -28,6 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ark_dist.data.dense import DenseSpec, dense_targets
+from ark_dist.data.device_decode import encoded, jpeg_size
 from ark_dist.data.errors import DataError
 from ark_dist.data.labels import LabelPolicy
 from ark_dist.data.remote import BadShard, Store
@@ -290,16 +292,23 @@ def decode_image(data: bytes, load_size: int) -> tuple[np.ndarray, tuple[int, in
 
 
 def decode(samples: Iterable[dict], load_size: int, counters: Counters, *,
-           dense: DenseSpec | None = None) -> Iterator[dict]:
+           dense: DenseSpec | None = None, on_device: bool = False) -> Iterator[dict]:
     """Image bytes -> uint8 canvas; JSON -> facts; with `dense`, mask members and boxes too.
-    Undecodable samples (a corrupt mask included) are skipped and counted."""
+    Undecodable samples (a corrupt mask included) are skipped and counted. `on_device`
+    (`data.decode: device`): a JPEG the device can decode keeps its bytes (`jpeg`, with `canvas`
+    the side to decode onto) and only its header is read here (device_decode.py)."""
     for sample in samples:
         parts = sample.pop("parts")
         image = parts.get("jpg", parts.get("png"))
         try:
             if image is None or "json" not in parts:
                 raise ValueError(f"members {sorted(parts)}: no image or no json")
-            pixels, size = decode_image(image, load_size)
+            size = jpeg_size(image) if on_device else None
+            if size is None:
+                pixels, size = decode_image(image, load_size)
+                sample["image"] = torch.from_numpy(pixels.copy()).unsqueeze(0)
+            else:
+                sample.update(jpeg=encoded(image), canvas=load_size)
             facts = json.loads(parts["json"])
             extra = {} if dense is None else dense_targets(parts, facts, spec=dense, stored_size=size,
                                                             load_size=load_size, where=sample["key"])
@@ -307,7 +316,7 @@ def decode(samples: Iterable[dict], load_size: int, counters: Counters, *,
             counters.bad(f"{sample['key']} in {sample['shard']}: {type(exc).__name__}: {exc}")
             continue
         counters.samples += 1
-        sample.update(image=torch.from_numpy(pixels.copy()).unsqueeze(0), size=size, facts=facts, **extra)
+        sample.update(size=size, facts=facts, **extra)
         yield sample
 
 
@@ -348,7 +357,13 @@ SUBGROUPS = ("sex", "age", "view")  # sample facts an evaluation can break its A
 
 
 def collate(chunk: list[dict], counters: Counters) -> dict:
-    batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}
+    batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0] and k != "image"}
+    decoded = [s for s in chunk if "image" in s]
+    if len(decoded) < len(chunk):  # data.decode: device; the rows left encoded are zeros in `image`, if any
+        batch.update(jpeg=[s.get("jpeg") for s in chunk], canvas=next(s["canvas"] for s in chunk if "jpeg" in s))
+    if decoded:
+        blank = torch.zeros_like(decoded[0]["image"])
+        batch["image"] = torch.stack([s.get("image", blank) for s in chunk])
     if "boxes" in chunk[0]:  # dense: boxes stay in stored pixels; `size` lets the device warp them
         batch.update({k: [s[k] for s in chunk] for k in RAGGED})
         batch["size"] = torch.tensor([s["size"] for s in chunk], dtype=torch.int64)  # (B, 2) stored (w, h)

@@ -192,7 +192,7 @@ def _train_samples(entry: dict, config: DataConfig, *, seed: int, cursor: Cursor
         stream = _epoch(entry, order, config, share=share, store=store, counters=counters, shuffle_rng=shuffle_rng)
     stream = stages.number(stream)  # each sample knows its place in this stream: the key of its views
     stream = stages.skip(stream, skip)  # resumed: the samples already trained on are gone, undecoded
-    stream = stages.decode(stream, config.views.load_size, counters, dense=dense)
+    stream = stages.decode(stream, config.views.load_size, counters, dense=dense, on_device=config.decode == "device")
     stream = stages.label(stream, _policy(entry, config, seed))
     return stages.views(stream, config.views, key)
 
@@ -333,7 +333,7 @@ class EvalStream(IterableDataset):
         store = Store(self.config.store)
         counters = _counters(self.entry, self.config)
         stream = stages.decode(self._mine(pairs, store, counters), self.config.views.load_size, counters,
-                               dense=_dense(self.entry, self.dense))
+                               dense=_dense(self.entry, self.dense), on_device=self.config.decode == "device")
         stream = stages.label(stream, _policy(self.entry, self.config, self.seed))
         yield from stages.batched(stream, self.batch_size, counters, partial=True)
 

@@ -18,7 +18,6 @@ import json
 import math
 import random
 import sys
-import time
 
 from ark_dist.config import Config, load
 from ark_dist.fs import filesystem, join, write_atomic

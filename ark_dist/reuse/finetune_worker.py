@@ -127,7 +127,7 @@ class FineTune:
 
     # -- training ------------------------------------------------------------------------------
     def optimizer_step(self, batch: dict) -> float:
-        from ark_dist.data import render
+        from ark_dist.data import canvases, render
         from ark_dist.method import task_loss
         from ark_dist.train.step import micro_batches
 
@@ -138,7 +138,7 @@ class FineTune:
         total = 0.0
         parts = micro_batches(batch, self.cfg.engine.grad_accum)
         for micro in parts:
-            images = render(micro["image"].to(self.device), theta=micro["theta_student"].to(self.device),
+            images = render(canvases(micro, self.device), theta=micro["theta_student"].to(self.device),
                             size=self.cfg.data.views.image_size, photo=micro["photo"].to(self.device))
             logits = self.engine(images.to(self.dtype), heads=[target]).logits[target]
             loss = task_loss(logits, target=micro["target"].to(self.device), mask=micro["mask"].to(self.device),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ark_dist.data import EvalLoader
+from ark_dist.data import EvalLoader, canvases
 from ark_dist.data.views import render_eval
 
 VIEWS = ("centre", "whole")
@@ -40,10 +40,11 @@ def infer(model, entry: dict, split: str, *, data_config, rank: int, world: int,
            "backbone": [], "projector": []}
     model = model.to(device).eval()
     for batch in loader:
+        canvas = canvases(batch, device)  # first: a row the device cannot decode is no longer valid
         keep = batch["valid"].numpy()
         if not keep.any():
             continue
-        images = render_eval(batch["image"].to(device), config.views)[:, 0]  # (B, 3, S, S): the one view
+        images = render_eval(canvas, config.views)[:, 0]  # (B, 3, S, S): the one view
         pooled = model.backbone(images)
         projected = model.projector(pooled)
         for head in heads:

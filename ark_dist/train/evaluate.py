@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ark_dist.data import EvalLoader, render_eval
+from ark_dist.data import EvalLoader, canvases, render_eval
 
 
 
@@ -87,7 +87,7 @@ def evaluate(models: dict[str, torch.nn.Module], entry: dict, split: str, *, dat
     collected = {name: [] for name in models}
     targets, masks, facts = [], [], []
     for batch in loader:
-        views = render_eval(batch["image"].to(device), data_config.views)  # (B, V, 3, S, S)
+        views = render_eval(canvases(batch, device), data_config.views)  # (B, V, 3, S, S)
         b, v = views.shape[:2]
         valid = batch["valid"].numpy()
         for name, model in models.items():  # fp32 inputs; autocast runs bf16/fp16 students and fp32 teachers alike

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ark_dist.data.device_decode import canvases
 from ark_dist.data.views import render, render_eval, warp_box_lists, warp_masks, eval_thetas
 from ark_dist.method import task_loss
 from ark_dist.method.foundation import Step, feature_consistency, seg_loss
@@ -24,7 +25,7 @@ def foundation_loss(student, teacher, batch: dict, *, step: Step, entry: dict, c
     """-> (loss, task loss) = task + c x consistency. A padding batch (no valid sample: a short
     rank's) gives zero, still through every parameter the pass uses."""
     size, model = views.image_size, getattr(student, "module", student)  # the module inside an engine
-    images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
+    images = canvases(batch, device)  # (B, 1, L, L) uint8
     theta = batch["theta_student"].to(device)
     student_in = render(images, theta=theta, size=size, photo=batch["photo"].to(device))  # (B, 3, S, S)
     teacher_in = render(images, theta=theta, size=size)
@@ -57,7 +58,7 @@ def dense_scores(model, batch: dict, *, step: Step, views, dtype, device) -> tup
     loc: (detections, truths), per image dicts in input pixels; seg: (probabilities (N, C, S, S),
     targets (N, C, S, S), known (N, C))."""
     valid = batch["valid"]
-    images = render_eval(batch["image"].to(device), views)[:, 0]  # (B, 3, S, S): the centre crop
+    images = render_eval(canvases(batch, device), views)[:, 0]  # (B, 3, S, S): the centre crop
     if len(images) == 1:  # FCOS's GroupNorm needs two values a group on its 1x1 level: score a pair
         images = images.repeat(2, 1, 1, 1)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

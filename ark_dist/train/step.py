@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ark_dist.data import render
+from ark_dist.data import canvases, render
 from ark_dist.method import consistency_loss, mixed_task_loss, task_loss
 
 
@@ -15,7 +15,7 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
     """-> (loss, task loss). `heads`: (dataset, task) pairs; the round's one for a cyclic batch, all
     of them (in union-label order) for an interleaved batch, which carries `dataset` (B,).
     `student` may be a DeepSpeed engine (its module in `dtype`) or a plain module under autocast."""
-    images = batch["image"].to(device, non_blocking=True)  # (B, 1, L, L) uint8
+    images = canvases(batch, device)  # (B, 1, L, L) uint8 (JPEGs decoded here under data.decode: device)
     student_in = render(images, theta=batch["theta_student"].to(device), size=size,
                         photo=batch["photo"].to(device))  # (B, 3, S, S)
     teacher_in = render(images, theta=batch["theta_teacher"].to(device), size=size)
@@ -35,7 +35,7 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
     return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
 
 
-SAMPLE_KEYS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "valid", "ids")
+SAMPLE_KEYS = ("image", "jpeg", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "valid", "ids")
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:
