@@ -349,7 +349,7 @@ def batched(samples: Iterable[dict], size: int, counters: Counters, *, partial: 
         yield collate(chunk, counters)
 
 
-TENSORS = ("image", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "masks", "mask_known")
+TENSORS = ("target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "masks", "mask_known")
 RAGGED = ("boxes", "box_labels")  # lists: a sample has any number of boxes
 
 
@@ -357,7 +357,7 @@ SUBGROUPS = ("sex", "age", "view")  # sample facts an evaluation can break its A
 
 
 def collate(chunk: list[dict], counters: Counters) -> dict:
-    batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0] and k != "image"}
+    batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}  # `image` below
     decoded = [s for s in chunk if "image" in s]
     if len(decoded) < len(chunk):  # data.decode: device; the rows left encoded are zeros in `image`, if any
         batch.update(jpeg=[s.get("jpeg") for s in chunk], canvas=next(s["canvas"] for s in chunk if "jpeg" in s))
