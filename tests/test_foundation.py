@@ -29,10 +29,11 @@ REFERENCE = ["chexpert:cls", "chestxray14:cls", "vindr_cxr:cls", "shenzhen:cls",
              "siim_acr:cls", "siim_acr:loc", "siim_acr:seg"]
 
 
-def _model(seed: int = 0, projector: str = "none") -> FoundationModel:
+def _model(seed: int = 0, projector: str = "none", grad_checkpointing: bool = False) -> FoundationModel:
     torch.manual_seed(seed)
     config = ModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY_SWIN, projector=projector,
-                         projector_dim=32, dense=DenseConfig(loc_channels=32, loc_convs=1, seg_channels=16))
+                         projector_dim=32, dense=DenseConfig(loc_channels=32, loc_convs=1, seg_channels=16),
+                         grad_checkpointing=grad_checkpointing)
     return FoundationModel(config, classes=CLASSES, boxes=BOXES, masks=MASKS)
 
 
@@ -64,6 +65,22 @@ def test_each_task_trains_the_backbone_its_shared_part_and_its_own_head_only(ste
         assert any(n.startswith(prefix + ".") for n in with_grad), prefix
     for prefix in untouched:
         assert not any(n.startswith(prefix + ".") for n in with_grad), prefix
+
+
+@pytest.mark.parametrize("step", [Step("chexpert", "cls"), Step("node21", "loc"), Step("siim_acr", "seg")])
+def test_grad_checkpointing_gives_every_task_the_same_gradients(step):
+    """The backbone's stages recompute in backward, the multi-scale features (forward_intermediates)
+    included: the gradients equal the plain network's."""
+    images = torch.randn(2, 3, SIDE, SIDE)
+    grads = []
+    for on in (False, True):
+        model = _model(grad_checkpointing=on)
+        torch.manual_seed(1)  # the seg target's draw
+        _loss(model, images, step).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("backbone.") for n in grads[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("step", [Step("chexpert", "cls"), Step("node21", "loc"), Step("siim_acr", "seg")])

@@ -140,3 +140,34 @@ def test_pretrained_refuses_pickles_and_foreign_models(tmp_path):
     torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, tmp_path / "resnet.pth")
     with pytest.raises(ValueError, match="no backbone weight matches"):
         load_pretrained(tiny(), str(tmp_path / "resnet.pth"), log=lambda *_: None)
+
+
+def _saved_bytes_and_grads(model, images) -> tuple[int, dict]:
+    """Bytes autograd keeps for the backward pass (every tensor a forward op saves), and the grads."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(images)
+    (out.projection.square().sum() + sum(v.sum() for v in out.logits.values())).backward()
+    return sum(saved), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_grad_checkpointing_keeps_the_gradients_and_saves_less_for_backward():
+    """The oracle is the same network without it: equal gradients; what autograd keeps between
+    forward and backward shrinks to the blocks' inputs."""
+    deeper = {**TINY, "depths": [2, 2]}
+    images = torch.randn(2, 3, 64, 64)
+    runs = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = ArkModel(ModelConfig(backbone_kwargs=deeper, projector_dim=32, grad_checkpointing=on), heads=HEADS)
+        runs[on] = _saved_bytes_and_grads(model, images)
+    (plain, plain_grads), (kept, grads) = runs[False], runs[True]
+    assert plain_grads.keys() == grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert kept < 0.5 * plain, (kept, plain)

@@ -27,6 +27,7 @@ class ArkModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
+        self.backbone.set_grad_checkpointing(config.grad_checkpointing)
         width = self.backbone.num_features
         if config.projector == "linear":
             self.projector, width = nn.Linear(width, config.projector_dim), config.projector_dim

@@ -38,6 +38,10 @@ class ModelConfig:
     projector: Literal["linear", "mlp", "none"] = "linear"  # Ark: Linear(1024 -> 1376)
     projector_dim: int = 1376  # projector output width (ignored when projector is none)
     dense: DenseConfig = field(default_factory=DenseConfig)  # Foundation X's box and mask heads
+    # Activation checkpointing: the backbone keeps only each block's input and recomputes the rest
+    # in the backward pass (timm's set_grad_checkpointing): about a third more compute for a
+    # larger micro-batch per GPU (`python launch.py bench memory` measures the trade).
+    grad_checkpointing: bool = False  # recompute the backbone's block activations in backward (less memory)
 
     def validate(self) -> None:
         if self.projector != "none" and self.projector_dim < 1:

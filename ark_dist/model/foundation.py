@@ -96,6 +96,7 @@ class FoundationModel(nn.Module):
         self.config = config
         dense = config.dense
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
+        self.backbone.set_grad_checkpointing(config.grad_checkpointing)
         width, stages = self.backbone.num_features, [i["num_chs"] for i in self.backbone.feature_info]
         reductions = [i["reduction"] for i in self.backbone.feature_info]
         if config.projector == "linear":
