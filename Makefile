@@ -8,7 +8,7 @@ HASH := $(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-runtime-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: setup slurm test test-gpu demo bench-shards clean
+.PHONY: setup slurm test test-gpu gpu-check demo bench-shards clean
 
 # The runtime stack only (requirements.txt), as the container image has it.
 $(STAMP): $(REQUIREMENTS)
@@ -38,6 +38,11 @@ test: $(DEV_STAMP) slurm
 
 test-gpu: $(DEV_STAMP)
 	$(PY) -m pytest -m gpu --durations=15 $(PYTEST_ARGS)
+
+# A GPU node's acceptance run: the gpu tests and the step, data and memory benches, logs in GPU_OUT.
+GPU_OUT ?= out/gpu-check
+gpu-check: $(DEV_STAMP)
+	PY=$(PY) bash cluster/gpu-check.sh $(GPU_OUT)
 
 # The main job on the embedded default: synthetic look-alikes of the six datasets -> shards ->
 # Ark on a local Ray cluster (2 CPU workers, DeepSpeed) -> evaluation -> exported teacher -> AUC table.

@@ -22,6 +22,7 @@
     python launch.py bench step [...]         the Ark step on Ray + DeepSpeed against a plain AMP loop
     python launch.py bench embed [...]        `embed` per worker against a plain no_grad loop
     python launch.py bench predict [...]      `predict` from files against a plain timm forward
+    python launch.py bench memory [...]       the largest micro-batch per GPU: ZeRO 0/2, with and without checkpointing
     python launch.py bench loc [...]          Foundation X's box heads: FCOS against Deformable DETR, mAP and step time
 """
 
@@ -103,6 +104,10 @@ def main(argv: list[str]) -> int:
         from ark_dist.bench_predict import main as bench_predict
 
         return bench_predict(rest[1:])
+    if command == "bench" and rest[:1] == ["memory"]:
+        from ark_dist.train.bench_memory import main as bench_memory
+
+        return bench_memory(rest[1:])
     if command == "bench" and rest[:1] == ["loc"]:
         from ark_dist.model.bench_loc import main as bench_loc
 

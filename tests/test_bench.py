@@ -148,3 +148,45 @@ def test_bench_step_task_runs_foundation_x_box_and_mask_steps_on_both_paths(tmp_
     finally:
         torch.set_num_threads(threads)
         ray.shutdown()
+
+
+def test_bench_memory_fits_a_line_through_the_peaks_and_predicts_the_batch_within_capacity():
+    """A hand-built case: 1 GiB fixed and 30 MiB per image, read at three batches with a little
+    noise; the line is found back and the prediction is the largest batch under capacity."""
+    from ark_dist.train.bench_memory import MIB, fit_line, predicted_batch
+
+    points = {8: 1024 * MIB + 8 * 30 * MIB + MIB, 16: 1024 * MIB + 16 * 30 * MIB - MIB, 32: 1024 * MIB + 32 * 30 * MIB}
+    fixed, per_image = fit_line(points)
+    assert fixed / MIB == pytest.approx(1024, abs=2) and per_image / MIB == pytest.approx(30, abs=0.1)
+    assert predicted_batch(points, capacity=(1024 + 30 * 100 + 15) * MIB) == 100
+    assert predicted_batch(points, capacity=512 * MIB) == 0
+    with pytest.raises(ValueError, match="does not grow"):
+        predicted_batch({8: 2 * MIB, 16: 2 * MIB}, capacity=4 * MIB)
+
+
+def test_bench_memory_without_a_gpu_is_one_line(capsys):
+    from ark_dist.train.bench_memory import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/test_gpu.py runs bench memory")
+    assert main(["--tiny"]) == 2
+    assert capsys.readouterr().out.strip() == "error: bench memory measures GPU memory, and no CUDA device is visible"
+
+
+def test_every_bench_command_of_the_gpu_check_script_parses(tmp_path):
+    """cluster/gpu-check.sh runs on a GPU lease of minutes: a flag it passes that a bench no longer
+    takes would waste it. Each `launch.py bench ...` line goes through that bench's own parser."""
+    import shlex
+    from pathlib import Path
+
+    from ark_dist.data.bench import _args as data_args
+    from ark_dist.train.bench import _args as step_args
+    from ark_dist.train.bench_memory import _args as memory_args
+
+    parsers = {"step": step_args, "data": data_args, "memory": memory_args}
+    script = Path("cluster/gpu-check.sh").read_text().replace("\\\n", " ")
+    commands = [shlex.split(line.split("launch.py bench", 1)[1].replace('"$out"', str(tmp_path)).rstrip("; "))
+                for line in script.splitlines() if "launch.py bench" in line and not line.lstrip().startswith("#")]
+    assert sorted({c[0] for c in commands}) == sorted(parsers), commands
+    for name, *argv in commands:
+        parsers[name](argv)  # argparse exits (SystemExit) on a flag it does not know

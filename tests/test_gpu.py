@@ -49,3 +49,103 @@ def test_bench_step_on_the_gpu(tmp_path, capsys):
     assert main(["--tiny", "--device", "cuda", "--precision", "bf16", "--batch", "16", "--steps", "3",
                  "--repeats", "2", "--storage", str(tmp_path / "runs")]) == 0
     assert "ratio ark-dist / plain" in capsys.readouterr().out
+
+
+def _signal_config(store, runs, name: str, *extra):
+    from ark_dist.config import load
+
+    kwargs = str(TINY_SWIN).replace("'", "")
+    return load(None, [f"data.store.url={store}", "data.datasets=[shenzhen]", "data.num_workers=2",
+                       "data.views.image_size=64", "data.views.load_size=72", "data.shuffle_buffer=16",
+                       f"model.backbone_kwargs={kwargs}", "model.projector_dim=32", "engine.num_workers=1",
+                       "engine.use_gpu=true", "train.epochs=6", "train.eval_every=6", "train.global_batch=8",
+                       "optim.lr=0.05", "optim.warmup_epochs=0.5", f"train.storage_path={runs}", f"train.name={name}",
+                       *extra])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_learns_the_visible_finding_as_on_the_cpu_and_exports(precision, signal_store, tmp_path,
+                                                                               capsys):
+    """The CPU's bar (tests/test_train.py: held-out AUC >= 0.95 for student and teacher) on one
+    NCCL rank in bf16 and fp16, JPEGs decoded on the GPU (nvJPEG); then the teacher exports and
+    plain timm reloads it: the same pooled features as the checkpoint's fp32 teacher."""
+    import json
+
+    import ray
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from ark_dist.configtree import from_dict
+    from ark_dist.config import Config
+    from ark_dist.export import main as export
+    from ark_dist.model import ArkModel
+    from ark_dist.train.run import fit
+
+    try:
+        result = fit(_signal_config(signal_store, tmp_path / "runs", precision, f"engine.precision={precision}",
+                                    "data.decode=device"))
+    finally:
+        ray.shutdown()
+    assert result.error is None, result.error
+    for model in ("student", "teacher"):
+        for split in ("val", "test"):
+            assert result.metrics[f"auc/{split}/shenzhen/{model}"] >= 0.95, (split, model, result.metrics)
+
+    final = Path(result.checkpoint.path)
+    assert export(["--checkpoint", str(final), "--out", str(tmp_path / "ark.safetensors")]) == 0, capsys.readouterr()
+    state = json.loads((final / "state.json").read_text())
+    teacher = ArkModel(from_dict(Config, state["config"]).model, heads={n: len(v) for n, v in state["labels"].items()})
+    teacher.load_state_dict(load_file(final / "teacher.safetensors"), strict=True)
+    m = timm.create_model("swin_base_patch4_window7_224", num_classes=0, pretrained=False, **TINY_SWIN)
+    missing, _ = m.load_state_dict(load_file(tmp_path / "ark.safetensors"), strict=False)
+    assert not missing
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), teacher.eval().backbone(x))
+
+
+def test_render_on_the_gpu_matches_the_cpu():
+    import torch
+
+    from ark_dist.data import render
+    from ark_dist.data.config import ViewConfig
+    from ark_dist.train.bench import synthetic_batch
+
+    views = ViewConfig(image_size=224, load_size=256)
+    batch = synthetic_batch(16, views, seed=3)
+    cpu = render(batch["image"], theta=batch["theta_student"], size=224, photo=batch["photo"])
+    gpu = render(batch["image"].cuda(), theta=batch["theta_student"].cuda(), size=224, photo=batch["photo"].cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
+
+
+def test_nvjpeg_canvases_match_the_loaders(data_store):
+    """The device decode on the GPU against the loader's PIL canvas (stored 96 px, canvas 72: no
+    draft decode). nvJPEG's IDCT is not libjpeg-turbo's, so the bound is looser than the CPU's one
+    level (tests/test_device_decode.py)."""
+    import torch
+
+    from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, canvases, dataset_entry, read_manifest
+    from ark_dist.data import train_loader
+    from ark_dist.data.config import ViewConfig
+
+    configs = [DataConfig(store=StoreConfig(url=str(data_store)), views=ViewConfig(image_size=64, load_size=72),
+                          num_workers=0, decode=mode) for mode in ("loader", "device")]
+    entry = dataset_entry(read_manifest(Store(configs[0].store)), "chexpert", splits=("train",))
+    loaders = [train_loader(entry=entry, config=c, seed=0, cursor=Cursor(), rank=0, world=1, global_batch=4)
+               for c in configs]
+    pairs = list(zip(*loaders))
+    assert pairs
+    for ours, theirs in pairs:
+        diff = (canvases(theirs, torch.device("cuda")).cpu().int() - ours["image"].int()).abs()
+        assert diff.float().mean() < 0.5 and diff.max() <= 4, (diff.float().mean(), diff.max())
+
+
+def test_bench_memory_finds_a_batch_that_runs(capsys):
+    from ark_dist.train.bench_memory import main
+
+    assert main(["--tiny", "--probes", "2,4,8", "--zero", "0,2", "--fill", "0.05"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("0 ", "2 "))]
+    assert len(rows) == 4, out
+    assert all(row[6] not in ("None", "0") for row in rows), out  # a largest batch ran in every configuration

@@ -201,9 +201,9 @@ def _ark_dist_worker(spec: dict) -> None:
                                repeats=spec["repeats"], images_per_step=micro * world))
 
 
-def report_rates(rates: list[float]) -> None:
-    """Hand a rank's img/s per window to the driver; every rank calls it (`ray.train.report` is a
-    collective), rank 0's rates travel."""
+def report_rates(rates) -> None:
+    """Hand a rank's img/s per window (or any JSON figures) to the driver; every rank calls it
+    (`ray.train.report` is a collective), rank 0's travel."""
     import tempfile
 
     import ray.train
@@ -216,26 +216,27 @@ def report_rates(rates: list[float]) -> None:
         ray.train.report({"rates": rates}, checkpoint=checkpoint)
 
 
-def ark_dist_loop(cfg: Config, args, *, worker=_ark_dist_worker) -> list[float]:
-    """img/s per window of `worker` (one Ray Train rank's step loop) on `cfg.engine.num_workers` ranks."""
+def ark_dist_loop(cfg: Config, args, *, worker=_ark_dist_worker, extra: dict | None = None):
+    """img/s per window of `worker` (one Ray Train rank's step loop) on `cfg.engine.num_workers`
+    ranks: what rank 0 reported. `extra`: more keys for the worker's spec."""
     import ray
 
     from ark_dist.train.run import start_ray
 
     started = start_ray()
     try:
-        return _fit_ark_dist(cfg, args, worker=worker)
+        return _fit_ark_dist(cfg, args, worker=worker, extra=extra or {})
     finally:
         if started:
             ray.shutdown()
 
 
-def _fit_ark_dist(cfg: Config, args, *, worker) -> list[float]:
+def _fit_ark_dist(cfg: Config, args, *, worker, extra: dict):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cfg.engine.cpus_per_worker, **({"GPU": 1} if cfg.engine.use_gpu else {})}
-    spec = {"config": to_dict(cfg), "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats}
+    spec = {"config": to_dict(cfg), "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, **extra}
     trainer = TorchTrainer(worker, train_loop_config=spec,
                            scaling_config=ScalingConfig(num_workers=cfg.engine.num_workers, use_gpu=cfg.engine.use_gpu,
                                                         resources_per_worker=resources),
