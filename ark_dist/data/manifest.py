@@ -9,10 +9,10 @@ from ark_dist.data.remote import Store
 FORMAT = 1
 
 
-def read_manifest(store: Store) -> dict:
-    """The manifest's `datasets` mapping; errors name the store."""
-    raw = store.read_bytes("manifest.json")
-    doc = json.loads(raw)
+def read_manifest(store: Store, *, raw: bytes | None = None) -> dict:
+    """The manifest's `datasets` mapping; errors name the store. `raw`: its bytes, already read
+    (so a hash of them describes exactly what is parsed)."""
+    doc = json.loads(store.read_bytes("manifest.json") if raw is None else raw)
     if doc.get("format") != FORMAT:
         raise ValueError(f"{store.describe('manifest.json')}: manifest format {doc.get('format')!r}, expected {FORMAT}")
     return doc["datasets"]

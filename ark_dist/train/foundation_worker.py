@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 from ark_dist.config import Config
-from ark_dist.data import Cursor, DataMeter, EvalLoader, RunLoader, dataset_entry, read_manifest, Store
+from ark_dist.data import Cursor, EvalLoader, RunLoader, dataset_entry, read_manifest, Store
 from ark_dist.data.dense import DenseSpec
 from ark_dist.data.runloader import Round
-from ark_dist.data.stream import round_steps, subset_entries
+from ark_dist.data.stream import round_steps
 from ark_dist.method import ArkSchedule, make_teacher
 from ark_dist.method.foundation import (Clock, ema_module, parameter_groups, parse_steps, pass_steps, passes,
                                         ungrouped)
@@ -30,7 +30,7 @@ from ark_dist.train import engine as engines
 from ark_dist.train.dense_metrics import BoxMeter, DiceMeter
 from ark_dist.train.evaluate import evaluate, metric_classes
 from ark_dist.train.foundation_step import dense_scores, foundation_loss
-from ark_dist.train.worker import Run, placement, store_manifest
+from ark_dist.train.worker import Run
 
 
 class _Classifier(torch.nn.Module):
@@ -85,16 +85,17 @@ def build_model(cfg: Config, entries: dict[str, dict], *, log=print):
 class FoundationRun(Run):
     """One rank of a Foundation X run."""
 
-    def __init__(self, cfg: Config):  # noqa: D401 - replaces Run.__init__: another model and other rounds
-        self.cfg, fx = cfg, cfg.method.foundation
-        self.rank, self.world, self.device, self.dtype = placement(cfg)
-        self.manifest_sha256, manifest = store_manifest(cfg)
-        self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
+    def build_model(self) -> torch.nn.Module:
+        """Foundation X's model with every dataset's class, box and mask heads."""
+        model, self.labels, self.box_classes, self.mask_classes = build_model(
+            self.cfg, {e["name"]: e for e in self.entries}, log=self.log)
+        return model
+
+    def plan_rounds(self) -> None:
+        """A round per (dataset, task) pass of the cycle, with its Lock-Release LR clock."""
+        cfg, fx = self.cfg, self.cfg.method.foundation
         by_name = {e["name"]: e for e in self.entries}
         self.fx_steps, self.passes = parse_steps(fx), passes(fx)
-        torch.manual_seed(cfg.train.seed)
-        model, self.labels, self.box_classes, self.mask_classes = build_model(cfg, by_name, log=self.log)
-        self.teacher = make_teacher(model).to(self.device)
         self.interleaved = False
         rounds = {e["name"]: round_steps(e, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
                   for e in self.entries}
@@ -104,18 +105,16 @@ class FoundationRun(Run):
         self.schedule = ArkSchedule(config=cfg.method, steps=tuple(self.steps), epochs=cfg.train.epochs)
         self.clock = Clock(passes=tuple(self.passes), steps=tuple(self.steps), cycles=cfg.train.epochs,
                            warmup_cycles=fx.warmup_cycles, warmup_scale=fx.warmup_scale)
-        groups = parameter_groups(model, lr=cfg.optim.lr, backbone_lr_scale=fx.backbone_lr_scale,
+
+    def optimizer_plan(self, model: torch.nn.Module) -> dict:
+        """AdamW's parameter groups (backbone, each shared part, each head) on the clock's LR."""
+        cfg = self.cfg
+        groups = parameter_groups(model, lr=cfg.optim.lr, backbone_lr_scale=cfg.method.foundation.backbone_lr_scale,
                                   weight_decay=cfg.optim.weight_decay)
         left = ungrouped(model, groups)
         if left:
             raise RuntimeError(f"parameters in no optimizer group: {', '.join(left)}")
-        self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
-        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, total_steps=0, warmup_steps=0,
-                                    groups=groups, lr_scale=self.clock.lr_scales(groups))
-        if cfg.engine.compile:
-            engines.compile_models(self.engine, self.teacher)
-        self.cursor, self.meter, self.history = Cursor(), DataMeter(), []
-        self.last_step_end = self.last_save_s = None
+        return {"total_steps": 0, "warmup_steps": 0, "groups": groups, "lr_scale": self.clock.lr_scales(groups)}
 
     def extra_state(self) -> dict:
         return {"boxes": self.box_classes, "masks": self.mask_classes}

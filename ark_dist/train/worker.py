@@ -99,7 +99,7 @@ def store_manifest(cfg: Config) -> tuple[str, dict]:
     checkpoint, the datasets give sizes and label spaces."""
     store = Store(cfg.data.store)
     raw = store.read_bytes("manifest.json")
-    return hashlib.sha256(raw).hexdigest(), read_manifest(store)
+    return hashlib.sha256(raw).hexdigest(), read_manifest(store, raw=raw)
 
 
 class Run:
@@ -110,26 +110,14 @@ class Run:
         self.rank, self.world, self.device, self.dtype = placement(cfg)
         self.manifest_sha256, manifest = store_manifest(cfg)
         self.entries = subset_entries([dataset_entry(manifest, n) for n in cfg.data.datasets], cfg.data)
-        for entry in self.entries:
-            metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
-        self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order, saved with every checkpoint
         torch.manual_seed(cfg.train.seed)  # identical initial student (and so teacher) on every rank
-        model = ArkModel(cfg.model, heads={e["name"]: len(e["labels"]) for e in self.entries})
-        if cfg.model.pretrained:
-            load_pretrained(model, cfg.model.pretrained, log=self.log)
+        model = self.build_model()
         self.teacher = make_teacher(model).to(self.device)  # before the engine wraps the student
-        # Rounds of an epoch and their steps: one round per dataset (cyclic, Ark), or one round
-        # of all datasets mixed, as long as the cyclic rounds together (interleaved).
-        self.interleaved = cfg.method.schedule == "interleaved"
-        steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
-        self.steps = [sum(steps)] if self.interleaved else steps
-        self.schedule = ArkSchedule(config=cfg.method, steps=tuple(self.steps), epochs=cfg.train.epochs)
+        self.plan_rounds()
         # The loader yields one optimizer step's share of a rank (global / world); the step splits
         # it into grad_accum micro-batches, so the data, and hence the run, are the same for any k.
         self.micro = cfg.train.global_batch // (self.world * cfg.engine.grad_accum)
-        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro,
-                                    total_steps=self.schedule.total_steps,
-                                    warmup_steps=int(cfg.optim.warmup_epochs * sum(self.steps)))
+        self.engine = engines.build(model.to(self.device), cfg, micro_batch=self.micro, **self.optimizer_plan(model))
         if cfg.engine.compile:
             engines.compile_models(self.engine, self.teacher)
         self.cursor = Cursor()
@@ -137,6 +125,32 @@ class Run:
         self.history: list[dict] = []
         self.last_step_end: float | None = None  # when the previous optimizer step ended (round boundaries)
         self.last_save_s: float | None = None  # how long the previous round-end checkpoint took
+
+    def build_model(self) -> torch.nn.Module:
+        """The student as built on every rank (same seed), pretrained weights loaded; sets the
+        label spaces saved with every checkpoint."""
+        cfg = self.cfg
+        for entry in self.entries:
+            metric_classes(entry, cfg.data)  # a misnamed headline class fails here, not at the first evaluation
+        self.labels = {e["name"]: list(e["labels"]) for e in self.entries}  # head order
+        model = ArkModel(cfg.model, heads={e["name"]: len(e["labels"]) for e in self.entries})
+        if cfg.model.pretrained:
+            load_pretrained(model, cfg.model.pretrained, log=self.log)
+        return model
+
+    def plan_rounds(self) -> None:
+        """Rounds of an epoch and their steps: one round per dataset (cyclic, Ark), or one round of
+        all datasets mixed, as long as the cyclic rounds together (interleaved)."""
+        cfg = self.cfg
+        self.interleaved = cfg.method.schedule == "interleaved"
+        steps = steps_per_round(self.entries, global_batch=cfg.train.global_batch, max_steps=cfg.data.max_steps_per_round)
+        self.steps = [sum(steps)] if self.interleaved else steps
+        self.schedule = ArkSchedule(config=cfg.method, steps=tuple(self.steps), epochs=cfg.train.epochs)
+
+    def optimizer_plan(self, model: torch.nn.Module) -> dict:
+        """`engines.build`'s LR arguments: Ark's warmup and cosine over the run's optimizer steps."""
+        return {"total_steps": self.schedule.total_steps,
+                "warmup_steps": int(self.cfg.optim.warmup_epochs * sum(self.steps))}
 
     def log(self, line: str) -> None:
         if self.rank == 0:
