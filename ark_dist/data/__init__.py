@@ -13,7 +13,8 @@ from ark_dist.data.meter import DataMeter
 from ark_dist.data.remote import ShardReadError, Store
 from ark_dist.data.runloader import RunLoader
 from ark_dist.data.stages import DataError
-from ark_dist.data.stream import Cursor, EvalLoader, mixed_loader, round_steps, train_loader
+from ark_dist.data.evalstream import EvalLoader
+from ark_dist.data.stream import Cursor, mixed_loader, round_steps, train_loader
 from ark_dist.data.views import render, render_eval
 
 __all__ = ["DataConfig", "PolicyConfig", "StoreConfig", "ViewConfig", "Store", "ShardReadError", "DataError",
