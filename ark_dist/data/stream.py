@@ -1,4 +1,4 @@
-"""Training and evaluation streams for one dataset and split, and the loaders around them.
+"""Training streams for one dataset's rounds (or all datasets mixed), and the loaders around them.
 
 Batches per round (the rule every rank follows, so no rank waits for a collective another will
 not reach): `steps = max(1, train samples // global batch)`, capped by `data.max_steps_per_round`.
@@ -7,7 +7,7 @@ Every rank yields exactly `steps` batches of `global batch / world` samples: wit
 trains on every sample at most once and on all but fewer than one global batch of them; with
 `resampled` from shards drawn with replacement.
 
-Evaluation streams are in evalstream.py.
+Evaluation streams are in evalstream.py; both share the helpers here.
 
 Dense targets (`dense=True`; Foundation X's localization and segmentation rounds) add each
 sample's masks and boxes (stages.decode); off, a stream decodes and yields exactly what it did
