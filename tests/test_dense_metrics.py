@@ -43,7 +43,7 @@ AP_B = 0.0  # a truth but no detection: recall never reaches any point above 0..
 
 def test_hand_computed_ap50_and_class_mean():
     meter = BoxMeter()
-    meter.update(PREDICTIONS, TRUTHS)
+    meter.update(PREDICTIONS, truths=TRUTHS)
     out = meter.compute(class_names=["a", "b"])
     assert out["ap50/a"] == pytest.approx(AP_A, abs=1e-6)
     assert out["ap50/b"] == pytest.approx(AP_B, abs=1e-6)
@@ -56,8 +56,8 @@ def test_map_averages_the_ten_coco_thresholds():
     # Image 1: truth 50x10 = 500 px; the 0.9 detection covers 29x10 = 290 px of it: IoU 290/500 = 0.58,
     # a match at 0.50 and 0.55 only. Image 2: an exact detection at 0.8.
     meter = BoxMeter()
-    meter.update([pred([[0, 0, 29, 10]], [0.9], [0]), pred([[0, 0, 10, 10]], [0.8], [0])],
-                 [truth([[0, 0, 50, 10]], [0]), truth([[0, 0, 10, 10]], [0])])
+    meter.update([pred([[0, 0, 29, 10]], [0.9], [0]), pred([[0, 0, 10, 10]], [0.8], [0])], 
+                 truths=[truth([[0, 0, 50, 10]], [0]), truth([[0, 0, 10, 10]], [0])])
     out = meter.compute(class_names=["a"])
     # 0.50, 0.55: both TP -> AP 1. 0.60..0.95 (8 thresholds): FP then TP, precision 0 then 1/2 at
     # recall 1/2; envelope 1/2 at the 51 recalls 0..0.50, 0 above -> AP 25.5/101.
@@ -69,14 +69,14 @@ def test_perfect_predictions_score_one():
     truths = [truth([[0, 0, 10, 10], [30, 30, 60, 50]], [0, 1]), truth([[5, 5, 15, 25]], [1])]
     predictions = [pred(t["boxes"], [0.9] * len(t["labels"]), t["labels"]) for t in truths]
     meter = BoxMeter()
-    meter.update(predictions, truths)
+    meter.update(predictions, truths=truths)
     out = meter.compute(class_names=["a", "b"])
     assert out["map50"] == pytest.approx(1.0) and out["map"] == pytest.approx(1.0)
 
 
 def test_no_ground_truth_is_nan():
     meter = BoxMeter()
-    meter.update([pred([[0, 0, 10, 10]], [0.9], [0])], [truth([], [])])
+    meter.update([pred([[0, 0, 10, 10]], [0.9], [0])], truths=[truth([], [])])
     out = meter.compute(class_names=["a", "b"])
     assert all(math.isnan(v) for v in out.values()) and set(out) == {"map50", "map", "ap50/a", "ap50/b"}
     assert math.isnan(BoxMeter().compute(class_names=["a"])["map"])
@@ -85,7 +85,7 @@ def test_no_ground_truth_is_nan():
 def test_class_without_truth_is_nan_and_left_out_of_the_mean():
     # class a perfect; class b has only a false positive and no truth (COCOeval's -1)
     meter = BoxMeter()
-    meter.update([pred([[0, 0, 10, 10], [40, 40, 50, 50]], [0.9, 0.95], [0, 1])], [truth([[0, 0, 10, 10]], [0])])
+    meter.update([pred([[0, 0, 10, 10], [40, 40, 50, 50]], [0.9, 0.95], [0, 1])], truths=[truth([[0, 0, 10, 10]], [0])])
     out = meter.compute(class_names=["a", "b"])
     assert math.isnan(out["ap50/b"])
     assert out["ap50/a"] == pytest.approx(1.0)
@@ -94,11 +94,11 @@ def test_class_without_truth_is_nan_and_left_out_of_the_mean():
 
 def test_merged_states_equal_one_meter_and_tensors_are_accepted():
     whole = BoxMeter()
-    whole.update(PREDICTIONS, TRUTHS)
+    whole.update(PREDICTIONS, truths=TRUTHS)
     first, second = BoxMeter(), BoxMeter()
-    first.update(PREDICTIONS[:1], TRUTHS[:1])
+    first.update(PREDICTIONS[:1], truths=TRUTHS[:1])
     as_torch = [{k: torch.as_tensor(v) for k, v in d.items()} for d in PREDICTIONS[1:]]
-    second.update(as_torch, [{k: torch.as_tensor(v) for k, v in d.items()} for d in TRUTHS[1:]])
+    second.update(as_torch, truths=[{k: torch.as_tensor(v) for k, v in d.items()} for d in TRUTHS[1:]])
     states = pickle.loads(pickle.dumps([first.state(), second.state()]))  # as all_gather_object would
     merged = BoxMeter.merge(states).compute(class_names=["a", "b"])
     assert merged == pytest.approx(whole.compute(class_names=["a", "b"]))
@@ -107,7 +107,7 @@ def test_merged_states_equal_one_meter_and_tensors_are_accepted():
 
 def test_label_outside_class_names_is_an_error():
     meter = BoxMeter()
-    meter.update([pred([[0, 0, 1, 1]], [0.5], [2])], [truth([[0, 0, 1, 1]], [0])])
+    meter.update([pred([[0, 0, 1, 1]], [0.5], [2])], truths=[truth([[0, 0, 1, 1]], [0])])
     with pytest.raises(ValueError, match="label"):
         meter.compute(class_names=["a", "b"])
 
@@ -126,7 +126,8 @@ def dice_batch():
 
 def test_dice_by_hand():
     meter = DiceMeter()
-    meter.update(*dice_batch())
+    probs, target, known = dice_batch()
+    meter.update(probs, target=target, known=known)
     out = meter.compute(class_names=["lung", "heart"])
     assert out["dice"] == pytest.approx((0.5 + 1 + 0) / 3)
     assert out["dice/lung"] == pytest.approx((0.5 + 0) / 2)
@@ -137,10 +138,10 @@ def test_dice_by_hand():
 def test_dice_other_threshold_merge_and_empty():
     probs, target, known = dice_batch()
     whole = DiceMeter(thresholds=(0.5, 0.85))
-    whole.update(torch.as_tensor(probs), torch.as_tensor(target), torch.as_tensor(known))
+    whole.update(torch.as_tensor(probs), target=torch.as_tensor(target), known=torch.as_tensor(known))
     parts = [DiceMeter(thresholds=(0.5, 0.85)) for _ in range(2)]
     for i, part in enumerate(parts):
-        part.update(probs[i:i + 1], target[i:i + 1], known[i:i + 1])
+        part.update(probs[i:i + 1], target=target[i:i + 1], known=known[i:i + 1])
     merged = DiceMeter.merge(pickle.loads(pickle.dumps([p.state() for p in parts])))
     for threshold in (0.5, 0.85):
         assert merged.compute(class_names=["a", "b"], threshold=threshold) == pytest.approx(
@@ -150,7 +151,7 @@ def test_dice_other_threshold_merge_and_empty():
     with pytest.raises(ValueError, match="threshold"):
         whole.compute(class_names=["a", "b"], threshold=0.3)
     nothing = DiceMeter()
-    nothing.update(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 4, 4)), np.ones((1, 1), dtype=bool))
+    nothing.update(np.zeros((1, 1, 4, 4)), target=np.zeros((1, 1, 4, 4)), known=np.ones((1, 1), dtype=bool))
     out = nothing.compute(class_names=["a"])
     assert out["dice"] == 1.0 and math.isnan(out["dice_global"])
 
@@ -161,7 +162,7 @@ def test_soft_dice_loss_value_and_gradient():
     target[0, 0, 0, :] = 1  # class 0: sum pt 1, sum p 2, sum t 2 -> 1 - (2 + 1) / (4 + 1) = 0.4
     target[0, 2] = 1  # class 2 is unknown; class 1: 1 - (0 + 1) / (2 + 0 + 1) = 2/3
     known = torch.tensor([[True, True, False]])
-    loss = soft_dice_loss(logits, target, known)
+    loss = soft_dice_loss(logits, target=target, known=known)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx((0.4 + 2 / 3) / 2, abs=1e-6)
     loss.backward()
@@ -173,7 +174,7 @@ def test_soft_dice_loss_value_and_gradient():
 
 def test_soft_dice_loss_with_nothing_known_is_zero_and_connected():
     logits = torch.randn(2, 1, 3, 3, dtype=torch.bfloat16, requires_grad=True)
-    loss = soft_dice_loss(logits, torch.ones(2, 1, 3, 3), torch.zeros(2, 1, dtype=torch.bool))
+    loss = soft_dice_loss(logits, target=torch.ones(2, 1, 3, 3), known=torch.zeros(2, 1, dtype=torch.bool))
     assert loss.item() == 0.0 and loss.dtype == torch.float32 and loss.requires_grad
     loss.backward()
     assert logits.grad is not None and not logits.grad.any()

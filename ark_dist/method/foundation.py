@@ -155,7 +155,7 @@ def seg_loss(logits: torch.Tensor, *, target: torch.Tensor, known: torch.Tensor,
     logits, target: (B, C, H, W); known: (B, C) bool."""
     from ark_dist.train.dense_metrics import soft_dice_loss
 
-    loss = soft_dice_loss(logits, target, known)
+    loss = soft_dice_loss(logits, target=target, known=known)
     if bce:
         per_mask = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").mean((2, 3))
         weight = known.float()

@@ -209,7 +209,7 @@ def evaluate(candidate, images: torch.Tensor, truths: list[dict], *, batch: int)
     candidate.trained.eval()
     meter = BoxMeter()
     for i in range(0, len(images), batch):
-        meter.update(candidate.detect(images[i:i + batch]), truths[i:i + batch])
+        meter.update(candidate.detect(images[i:i + batch]), truths=truths[i:i + batch])
     return meter.compute(class_names=CLASSES)
 
 

@@ -59,7 +59,7 @@ class BoxMeter:
         self.max_dets = max_dets
         self.images: list[dict[str, np.ndarray]] = []
 
-    def update(self, predictions: list[dict], truths: list[dict]) -> None:
+    def update(self, predictions: list[dict], *, truths: list[dict]) -> None:
         """One dict per image. predictions: boxes (N, 4) xyxy pixels, scores (N,), labels (N,) class
         indices; truths: boxes (M, 4), labels (M,). Tensors or arrays."""
         if len(predictions) != len(truths):
@@ -128,7 +128,7 @@ class BoxMeter:
         return out
 
 
-def _dice(intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _dice(intersection: np.ndarray, *, predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Elementwise 2|P∧T| / (|P| + |T|), 1 where both are empty (a true negative)."""
     total = predicted + target
     return np.where(total > 0, 2 * intersection / np.maximum(total, 1), 1.0)
@@ -145,7 +145,7 @@ class DiceMeter:
         self.known: list[np.ndarray] = []  # each (B, C) bool
 
     @torch.no_grad()
-    def update(self, probs, target, known) -> None:
+    def update(self, probs, *, target, known) -> None:
         """probs: (B, C, H, W) in [0, 1]; target: (B, C, H, W) binary; known: (B, C) bool, False
         where a sample has no such mask (left out of every mean)."""
         probs = torch.as_tensor(probs).float()
@@ -190,7 +190,7 @@ class DiceMeter:
         known = np.concatenate(self.known)  # (N, C)
         if counts.shape[1] != num_classes:
             raise ValueError(f"{counts.shape[1]} mask channels but {num_classes} class_names")
-        dice = _dice(counts[..., 0], counts[..., 1], counts[..., 2])  # (N, C)
+        dice = _dice(counts[..., 0], predicted=counts[..., 1], target=counts[..., 2])  # (N, C)
         inter, total = counts[..., 0][known].sum(), (counts[..., 1] + counts[..., 2])[known].sum()
         out = {"dice": float(dice[known].mean()) if known.any() else math.nan,
                "dice_global": float(2 * inter / total) if total > 0 else math.nan}
@@ -199,7 +199,7 @@ class DiceMeter:
         return out
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, *,
+def soft_dice_loss(logits: torch.Tensor, *, target: torch.Tensor, known: torch.Tensor,
                    eps: float = 1.0) -> torch.Tensor:
     """Mean over known (image, class) pairs of 1 - (2 sum(p t) + eps) / (sum p + sum t + eps), with
     p = sigmoid(logits), in float32. logits/target: (B, C, H, W); known: (B, C). With nothing known it

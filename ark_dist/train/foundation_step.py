@@ -53,10 +53,10 @@ def foundation_loss(student, teacher, batch: dict, *, step: Step, entry: dict, c
 
 
 @torch.no_grad()
-def dense_scores(model, batch: dict, *, step: Step, views, dtype, device) -> tuple[list, list] | tuple:
-    """The centre-crop evaluation of a dense head on one batch (valid samples only).
-    loc: (detections, truths), per image dicts in input pixels; seg: (probabilities (N, C, S, S),
-    targets (N, C, S, S), known (N, C))."""
+def dense_scores(model, batch: dict, *, step: Step, views, dtype, device) -> dict:
+    """The centre-crop evaluation of a dense head on one batch (valid samples only), as the
+    task's meter takes it: loc {predictions, truths}, per image dicts in input pixels; seg
+    {probs (N, C, S, S), target (N, C, S, S), known (N, C)}."""
     valid = batch["valid"]
     images = render_eval(canvases(batch, device), views)[:, 0]  # (B, 3, S, S): the centre crop
     if len(images) == 1:  # FCOS's GroupNorm needs two values a group on its 1x1 level: score a pair
@@ -67,8 +67,8 @@ def dense_scores(model, batch: dict, *, step: Step, views, dtype, device) -> tup
     if step.task == "loc":
         detections = model.loc_heads[step.dataset].detect(out.loc)[:len(valid)]
         truths = box_targets(batch, theta=theta, size=views.image_size, min_visible=views.box_min_visible, device="cpu")
-        return ([{k: v.float().cpu() for k, v in d.items()} for d, ok in zip(detections, valid) if ok],
-                [t for t, ok in zip(truths, valid) if ok])
+        return {"predictions": [{k: v.float().cpu() for k, v in d.items()} for d, ok in zip(detections, valid) if ok],
+                "truths": [t for t, ok in zip(truths, valid) if ok]}
     probs = torch.sigmoid(out.masks.float()).cpu()[:len(valid)]
     targets = warp_masks(batch["masks"], theta=theta, size=views.image_size)
-    return probs[valid], targets[valid], batch["mask_known"][valid]
+    return {"probs": probs[valid], "target": targets[valid], "known": batch["mask_known"][valid]}

@@ -211,7 +211,7 @@ class FoundationRun(Run):
             for name, model in models.items():
                 scored = dense_scores(model, batch, step=step, views=self.cfg.data.views, dtype=self.dtype,
                                       device=self.device)
-                meters[name].update(*scored)
+                meters[name].update(**scored)
         out = {}
         for name, meter in meters.items():
             states = [None] * self.world
