@@ -169,8 +169,9 @@ class ReleasedModel(nn.Module):
         if len(x) == 1:  # FCOS's GroupNorm needs two values a group on its 1x1 level (a narrow head): score a pair
             x = x.repeat(2, 1, 1, 1)
         out = [{} for _ in images]
+        raw = self.dense.every_head(x, task="loc")  # one backbone pass for every box head
         for name, classes in self.boxes.items():
-            found = self.dense.loc_heads[name].detect(self.dense(x, task="loc", dataset=name).loc)[:len(out)]
+            found = self.dense.loc_heads[name].detect(raw[name])[:len(out)]
             for i, (d, size) in enumerate(zip(found, self.sizes)):
                 boxes = to_original(d["boxes"].float().cpu(), size=size, image_size=self.image_size, crop=self.crop)
                 out[i][name] = [{"label": classes[int(k)], "score": float(s), "box": [round(v, 1) for v in b.tolist()]}
@@ -185,8 +186,9 @@ class ReleasedModel(nn.Module):
 
         x = self.preprocess(images).to(_device(self))
         out = [{} for _ in images]
+        logits = self.dense.every_head(x, task="seg")  # one backbone pass for every mask head
         for name, classes in self.masks.items():
-            probs = torch.sigmoid(self.dense(x, task="seg", dataset=name).masks.float()).cpu()  # (N, C, S, S)
+            probs = torch.sigmoid(logits[name].float()).cpu()  # (N, C, S, S)
             for i, size in enumerate(self.sizes):
                 out[i][name] = {c: mask_to_original(probs[i, k], size=size, crop=self.crop) for k, c in enumerate(classes)}
         return out

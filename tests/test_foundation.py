@@ -119,6 +119,27 @@ def test_outputs_have_the_task_shapes_and_detections_decode_to_input_pixels():
         model(images, task="box", dataset="node21")
 
 
+def test_every_head_of_a_task_on_one_backbone_pass_equals_each_heads_own_forward():
+    """What a release's detect/segment run: one backbone pass for all heads, and the outputs each
+    head's own training-style forward gives."""
+    model = _model().eval()
+    images = torch.randn(2, 3, SIDE, SIDE)
+    passes = []
+    model.backbone.patch_embed.register_forward_hook(lambda *_: passes.append(1))  # once a backbone pass
+    with torch.no_grad():
+        raw, masks = model.every_head(images, task="loc"), model.every_head(images, task="seg")
+        assert len(passes) == 2 and raw.keys() == BOXES.keys() and masks.keys() == MASKS.keys()
+        for name in BOXES:
+            own = model.loc_heads[name].detect(model(images, task="loc", dataset=name).loc)
+            for ours, theirs in zip(model.loc_heads[name].detect(raw[name]), own):
+                for key in ("boxes", "scores", "labels"):
+                    torch.testing.assert_close(ours[key], theirs[key])
+        for name in MASKS:
+            torch.testing.assert_close(masks[name], model(images, task="seg", dataset=name).masks)
+    with pytest.raises(ValueError, match="task 'cls' is loc or seg"):
+        model.every_head(images, task="cls")
+
+
 def test_an_ark_export_loads_into_the_backbone_projector_and_heads_with_every_key_reported(tmp_path):
     from safetensors.torch import load_file
 

@@ -147,6 +147,20 @@ class FoundationModel(nn.Module):
             terms += [head(fused).sum() for name, head in self.seg_heads.items() if (task, name) != ("seg", dataset)]
         return 0.0 * sum(terms)
 
+    def every_head(self, images: torch.Tensor, *, task: str) -> dict:
+        """Inference: every box head's raw outputs (`task="loc"`, for `Localizer.detect`) or every
+        mask head's (B, C, H, W) logits (`"seg"`), by dataset, on one pass of the backbone and the
+        shared neck or decoder (`forward` runs one head, as a training step does)."""
+        _, stages = self.stages(images)
+        if task == "loc":
+            levels = list(self.loc_neck(OrderedDict((str(i), s) for i, s in enumerate(stages[1:]))).values())
+            return {name: head(levels, image_size=tuple(images.shape[-2:])) for name, head in self.loc_heads.items()}
+        if task != "seg":
+            raise ValueError(f"every_head: task {task!r} is loc or seg")
+        fused = self.seg_decoder([None, None, *stages])  # (B, D, H/4, W/4)
+        return {name: F.interpolate(head(fused), size=images.shape[-2:], mode="bilinear", align_corners=False)
+                for name, head in self.seg_heads.items()}
+
     def forward(self, images: torch.Tensor, *, task: str, dataset: str) -> FoundationOutput:
         """One (dataset, task) step's forward: every rank runs the same modules (as ZeRO needs)."""
         pooled, stages = self.stages(images)
