@@ -84,6 +84,28 @@ def evaluation_table(history: list[dict], datasets: list[str]) -> tuple[dict | N
     return row, "\n".join(lines) + "\n"
 
 
+DENSE_METRICS = {"boxes": ("map50", "map"), "masks": ("dice", "dice_global")}
+
+
+def dense_table(history: list[dict], state: dict) -> str:
+    """Foundation X's box and mask heads at the last evaluation of each metric (a dense head is
+    evaluated in its own pass, not with the others): per head and metric, teacher and student on
+    val and test; empty for a run without such heads."""
+    lines = []
+    for kind, metrics in DENSE_METRICS.items():
+        for name in state.get(kind, {}):
+            for metric in metrics:
+                row = next((r for r in reversed(history) if any(k.startswith(f"{metric}/") and f"/{name}/" in k
+                                                                 for k in r)), {})
+                cells = [_fmt(row.get(f"{metric}/{split}/{name}/{model}")) for model in ("teacher", "student")
+                         for split in ("val", "test")]
+                lines.append(f"| {DATASET_NAMES.get(name, name)} | {metric} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| dataset | metric | teacher val | teacher test | student val | student test |",
+                      "|---|---|---:|---:|---:|---:|", *lines]) + "\n"
+
+
 def subgroup_table(row: dict) -> str:
     """The last evaluation's teacher test AUC per subgroup, where the run logged them."""
     lines = []
@@ -104,7 +126,9 @@ def model_card(*, cfg, state: dict, history: list[dict], manifest: dict | None, 
     labels, datasets = state["labels"], list(state["labels"])
     front = {"license": "other", "library_name": "timm",
              "tags": ["image-feature-extraction", "timm", "chest-x-ray", "medical-imaging", "ark", "ark-dist"],
-             "datasets": datasets, "metrics": ["roc_auc"], "pipeline_tag": "image-feature-extraction"}
+             "datasets": datasets, "metrics": ["roc_auc", *(["mean_average_precision"] if state.get("boxes") else []),
+                                               *(["dice"] if state.get("masks") else [])],
+             "pipeline_tag": "image-feature-extraction"}
     row, table = evaluation_table(history, datasets)
     out = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
            f"# {repo}", "",
@@ -135,6 +159,11 @@ def model_card(*, cfg, state: dict, history: list[dict], manifest: dict | None, 
             "## Evaluation", "",
             "ROC-AUC at the run's last evaluation, from its `metrics.jsonl` (CheXpert: the mean over its 5 "
             "competition classes, as Ark reports it; the others: over all their classes).", "", table.rstrip()]
+    dense = dense_table(history, state)
+    if dense:
+        out += ["", "Box heads: COCO mAP at IoU 0.5 (`map50`) and over 0.50:0.95 (`map`); mask heads: the mean "
+                "Dice over (image, class) pairs with the class labelled (`dice`) and over all pixels at once "
+                "(`dice_global`), at each head's last evaluation.", "", dense.rstrip()]
     groups = subgroup_table(row) if row else ""
     if groups:
         out += ["", "By subgroup (the teacher's test AUC of each group's samples):", "", groups.rstrip()]

@@ -182,7 +182,7 @@ def test_export_and_release_carry_every_head_and_timm_loads_the_backbone(fx_run,
     from safetensors import safe_open
 
     import ark_dist
-    from ark_dist.export import ExportError, export
+    from ark_dist.export import ExportError, export, latest_checkpoint
     from ark_dist.release import release
 
     _, run = fx_run
@@ -201,6 +201,14 @@ def test_export_and_release_carry_every_head_and_timm_loads_the_backbone(fx_run,
     with pytest.raises(ExportError, match="legacy holds Ark's classification heads only"):
         export(str(run), str(tmp_path / "legacy"), layout="legacy")
     release(str(run), str(tmp_path / "release"))
+    card = (tmp_path / "release" / "README.md").read_text()
+    history = [json.loads(line) for line in (Path(latest_checkpoint(str(run))) / "metrics.jsonl").read_text().splitlines()]
+    for metric in ("map50", "map", "dice", "dice_global"):  # the card quotes each head's last evaluation
+        key = f"{metric}/test/chestx_det/teacher"
+        value = next(r[key] for r in reversed(history) if key in r)
+        row = next(line for line in card.splitlines() if line.startswith(f"| chestx_det | {metric} |")
+                   or line.startswith(f"| ChestX-Det | {metric} |"))
+        assert row.split("|")[4].strip() == f"{value:.4f}", (row, value)
     local = timm.create_model(f"local-dir:{tmp_path / 'release'}", pretrained=True).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
