@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
 for part in $parts; do
   case $part in
     tests)
-      run tests "$PY" -m pytest -m gpu -p no:cacheprovider --durations=15 -q ;;
+      run tests "$PY" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider --durations=15 -q ;;
     step)
       run step "$PY" launch.py bench step --precision bf16 --batch 128 --json "$out/step.json"
       run step "$PY" launch.py bench step --precision bf16 --batch 128 --compile --json "$out/step-compiled.json" ;;

@@ -176,6 +176,7 @@ def test_bench_memory_without_a_gpu_is_one_line(capsys):
 def test_every_bench_command_of_the_gpu_check_script_parses(tmp_path):
     """cluster/gpu-check.sh runs on a GPU lease of minutes: a flag it passes that a bench no longer
     takes would waste it. Each `launch.py bench ...` line goes through that bench's own parser."""
+    import re
     import shlex
     from pathlib import Path
 
@@ -190,3 +191,21 @@ def test_every_bench_command_of_the_gpu_check_script_parses(tmp_path):
     assert sorted({c[0] for c in commands}) == sorted(parsers), commands
     for name, *argv in commands:
         parsers[name](argv)  # argparse exits (SystemExit) on a flag it does not know
+    # It runs tests/test_gpu.py alone (other modules import moto and wandb at the top).
+    assert "pytest -m gpu tests/test_gpu.py" in script
+    gpu = re.compile(r"^\s*(@pytest\.mark\.gpu|pytestmark\s*=.*pytest\.mark\.gpu)", re.MULTILINE)
+    marked = sorted(p.name for p in Path("tests").rglob("test_*.py") if gpu.search(p.read_text()))
+    assert marked == ["test_gpu.py"], marked
+
+
+def test_the_offline_bundle_names_only_pinned_packages():
+    """cluster/offline-bundle.sh takes each package's version from constraints.txt (it needs PyPI,
+    so it does not run here): every package it names must be pinned there."""
+    import re
+    from pathlib import Path
+
+    script = Path("cluster/offline-bundle.sh").read_text()
+    names = re.search(r'PACKAGES="([^"]+)"', script).group(1).split()
+    pinned = {line.split("==")[0].lower() for line in Path("constraints.txt").read_text().splitlines() if "==" in line}
+    assert len(names) > 10 and "ray" in names and "deepspeed" in names
+    assert [n for n in names if n.lower() not in pinned] == []

@@ -1,5 +1,8 @@
-"""On a CUDA machine only (`make test-gpu`): the trainer in bf16 with NCCL, a fused optimizer and
-torch.compile, and the step benchmark on the GPU path."""
+"""On a CUDA machine only (`make test-gpu`): the trainer in bf16 and fp16 with NCCL, a fused optimizer
+and torch.compile, nvJPEG decode, render and export on the GPU, and the step and memory benchmarks.
+W&B is off here (the CPU suite tests it): a GPU node then needs no wandb, S3 or Foundation X package.
+Every gpu-marked test lives in this file: cluster/gpu-check.sh collects it alone, since other test
+modules import the S3 and W&B test tools at their top."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def test_bf16_compiled_training_on_one_gpu(six_store, tmp_path):
     cfg = load(None, [f"data.store.url={six_store}", f"data.datasets=[{', '.join(ARK6)}]", "data.num_workers=2",
                       "data.views.image_size=64", "data.views.load_size=72", f"model.backbone_kwargs={kwargs}",
                       "model.projector_dim=32", "engine.num_workers=1", "engine.use_gpu=true", "engine.precision=bf16",
-                      "engine.compile=true", "train.epochs=2", "train.global_batch=4", "train.eval_every=1",
+                      "engine.compile=true", "train.epochs=2", "train.global_batch=4", "train.eval_every=1", "tracking.wandb=disabled",
                       f"train.storage_path={tmp_path / 'runs'}", "train.name=gpu"])
     try:
         result = fit(cfg)
@@ -60,7 +63,7 @@ def _signal_config(store, runs, name: str, *extra):
                        f"model.backbone_kwargs={kwargs}", "model.projector_dim=32", "engine.num_workers=1",
                        "engine.use_gpu=true", "train.epochs=6", "train.eval_every=6", "train.global_batch=8",
                        "optim.lr=0.05", "optim.warmup_epochs=0.5", f"train.storage_path={runs}", f"train.name={name}",
-                       *extra])
+                       "tracking.wandb=disabled", *extra])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -119,19 +122,19 @@ def test_render_on_the_gpu_matches_the_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
 
 
-def test_nvjpeg_canvases_match_the_loaders(data_store):
-    """The device decode on the GPU against the loader's PIL canvas (stored 96 px, canvas 72: no
-    draft decode). nvJPEG's IDCT is not libjpeg-turbo's, so the bound is looser than the CPU's one
-    level (tests/test_device_decode.py)."""
+def test_nvjpeg_canvases_match_the_loaders(signal_store):
+    """The device decode on the GPU against the loader's PIL canvas (stored 64 px, canvas 72).
+    nvJPEG's IDCT is not libjpeg-turbo's, so the bound is looser than the CPU's one level
+    (tests/test_device_decode.py)."""
     import torch
 
     from ark_dist.data import Cursor, DataConfig, Store, StoreConfig, canvases, dataset_entry, read_manifest
     from ark_dist.data import train_loader
     from ark_dist.data.config import ViewConfig
 
-    configs = [DataConfig(store=StoreConfig(url=str(data_store)), views=ViewConfig(image_size=64, load_size=72),
+    configs = [DataConfig(store=StoreConfig(url=str(signal_store)), views=ViewConfig(image_size=64, load_size=72),
                           num_workers=0, decode=mode) for mode in ("loader", "device")]
-    entry = dataset_entry(read_manifest(Store(configs[0].store)), "chexpert", splits=("train",))
+    entry = dataset_entry(read_manifest(Store(configs[0].store)), "shenzhen", splits=("train",))
     loaders = [train_loader(entry=entry, config=c, seed=0, cursor=Cursor(), rank=0, world=1, global_batch=4)
                for c in configs]
     pairs = list(zip(*loaders))
