@@ -169,6 +169,8 @@ class ReleasedModel(nn.Module):
         if len(x) == 1:  # FCOS's GroupNorm needs two values a group on its 1x1 level (a narrow head): score a pair
             x = x.repeat(2, 1, 1, 1)
         out = [{} for _ in images]
+        if not self.boxes:  # an Ark release, or Foundation X's without box heads
+            return out
         raw = self.dense.every_head(x, task="loc")  # one backbone pass for every box head
         for name, classes in self.boxes.items():
             found = self.dense.loc_heads[name].detect(raw[name])[:len(out)]
@@ -186,6 +188,8 @@ class ReleasedModel(nn.Module):
 
         x = self.preprocess(images).to(_device(self))
         out = [{} for _ in images]
+        if not self.masks:
+            return out
         logits = self.dense.every_head(x, task="seg")  # one backbone pass for every mask head
         for name, classes in self.masks.items():
             probs = torch.sigmoid(logits[name].float()).cpu()  # (N, C, S, S)

@@ -17,10 +17,15 @@ set -uo pipefail
 out=${1:?usage: gpu-check.sh OUT [tests|step|data|memory ...]}
 shift
 parts=${*:-tests step data memory}
+for part in $parts; do
+  case $part in tests|step|data|memory) ;; *) echo "error: unknown part $part (tests, step, data, memory)" >&2; exit 2 ;; esac
+done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."  # the checkout's root: launch.py, tests/, .venv
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 status=0
 run() {  # run NAME CMD...: the command's output in OUT/NAME.log, its exit status remembered
@@ -46,9 +51,6 @@ for part in $parts; do
       run memory "$PY" launch.py bench memory --probes 32,64,128 --json "$out/memory-swin-b.json"
       run memory "$PY" launch.py bench memory --backbone swin_large_patch4_window12_384 \
         --backbone-kwargs '{"img_size": 768}' --image-size 768 --probes 2,4,8 --json "$out/memory-swin-l-768.json" ;;
-    *)
-      echo "error: unknown part $part (tests, step, data, memory)" >&2
-      exit 2 ;;
   esac
 done
 exit $status

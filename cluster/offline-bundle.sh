@@ -7,12 +7,13 @@
 # PY: the interpreter that runs pip and builds DeepSpeed's wheel, which imports torch (default:
 # .venv/bin/python if there, else python3). Needs unzip (it keeps Ray's executables executable).
 #
-# It holds what the trainer, the gpu tests and the benches need beyond such an image (Ray, DeepSpeed
-# and their pure-Python needs, the shard builder's DICOM and hash readers, WebDataset), at the
-# versions constraints.txt pins, unpacked from manylinux x86-64 wheels for that Python. Ray's Java
-# jars, RLlib and its LLM library are left out (ark-dist uses none of them): about 34 MB in all. W&B,
+# It holds what the trainer, the gpu tests and the benches need beyond such an image (Ray with its
+# dashboard's needs, DeepSpeed and its pure-Python needs, the shard builder's DICOM and hash readers,
+# WebDataset), at the versions constraints.txt pins, unpacked from manylinux x86-64 wheels for that
+# Python. Ray's Java jars, RLlib and its LLM library are left out (ark-dist uses none of them). W&B,
 # S3 and Foundation X's packages are not in it (`tracking.wandb=disabled` and a local store need
-# none). On the node:
+# none). Checked in a clean environment of the device image's packages (torch, timm, numpy, pandas,
+# pyarrow, aiohttp, grpcio, prometheus-client, einops, ...) at the pinned versions. On the node:
 #
 #   mkdir -p /tmp/site && tar -xJf OUT.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -23,7 +24,10 @@ if [ -z "${PY:-}" ]; then
   if [ -x "$here/.venv/bin/python" ]; then PY=$here/.venv/bin/python; else PY=python3; fi
 fi
 PACKAGES="ray deepspeed pydantic pydantic_core annotated-types typing-inspection hjson ImageHash PyWavelets pydicom
-jsonschema referencing rpds-py jsonschema-specifications tensorboardX braceexpand webdataset"
+jsonschema referencing rpds-py jsonschema-specifications tensorboardX braceexpand webdataset
+aiohttp-cors opencensus opencensus-context opentelemetry-api opentelemetry-sdk opentelemetry-exporter-prometheus
+opentelemetry-proto opentelemetry-semantic-conventions google-api-core googleapis-common-protos proto-plus google-auth
+pyasn1 pyasn1_modules"  # the last two lines: what Ray's dashboard imports (the trainer starts it) beyond such an image
 pins=()
 for name in $PACKAGES; do
   pin=$(grep -i -E "^${name}==" "$here/constraints.txt" || true)

@@ -17,7 +17,7 @@ from PIL import Image
 from ark_dist.data import Cursor, DataConfig, EvalLoader, Store, StoreConfig, canvases, dataset_entry, read_manifest
 from ark_dist.data import train_loader
 from ark_dist.data.config import ViewConfig
-from ark_dist.data.device_decode import jpeg_size
+from ark_dist.data.device_decode import jpeg_size, pack
 from ark_dist.data.stages import Counters, batched, decode, decode_image
 from shards import synth
 
@@ -52,7 +52,7 @@ def _undecodable(data: bytes) -> bytes:
 
 
 def _on_device(data: bytes, side: int) -> np.ndarray:
-    batch = {"jpeg": [torch.frombuffer(bytearray(data), dtype=torch.uint8)], "canvas": side, "ids": ["x"],
+    batch = {**pack([torch.frombuffer(bytearray(data), dtype=torch.uint8)]), "canvas": side, "ids": ["x"],
              "mask": torch.ones(1, 1), "valid": torch.ones(1, dtype=torch.bool)}
     return canvases(batch, CPU)[0, 0].numpy().astype(int)
 
@@ -100,7 +100,7 @@ def test_training_and_evaluation_streams_carry_the_same_batches_either_way(data_
     pairs += list(zip(*evals))
     assert len(pairs) > 4
     for ours, theirs in pairs:
-        assert "image" not in theirs and len(theirs["jpeg"]) == len(ours["ids"]), "the loader decoded nothing"
+        assert "image" not in theirs and (theirs["jpeg_end"] > theirs["jpeg_start"]).all(), "the loader decoded nothing"
         assert ours["ids"] == theirs["ids"]
         for key in ("target", "mask", "theta_student", "theta_teacher", "photo", "valid"):
             if key in ours:
@@ -113,33 +113,58 @@ def test_training_and_evaluation_streams_carry_the_same_batches_either_way(data_
         assert theirs["valid"].all()
 
 
-def test_a_mixed_batch_png_rows_by_the_loader_bad_rows_counted_or_blanked(caplog):
-    """Four samples: a JPEG (left to the device), a PNG (the loader's), a truncated JPEG (the
-    loader's: counted bad, dropped) and a JPEG whose header reads but which no decoder takes (the
-    device's: blanked, masked out, named)."""
-    side = 48
+def _mixed_batch(side: int) -> tuple[dict, list[dict], Counters]:
+    """Five samples through the loader's decode (device mode) and collate: a JPEG, a PNG, a
+    truncated JPEG, a JPEG no decoder takes, a JPEG; each with one box and one known mask class."""
     images = [_radiograph(64, 60, seed) for seed in range(5)]
     parts = [{"jpg": _jpeg(images[0])}, {"png": _png(images[1])}, {"jpg": _jpeg(images[2])[:-300]},
              {"jpg": _undecodable(_jpeg(images[3]))}, {"jpg": _jpeg(images[4])}]
     samples = [{"key": f"ds/{i}", "shard": "s.tar", "parts": {**p, "json": json.dumps({"id": f"id{i}"}).encode()}}
                for i, p in enumerate(parts)]
     counters = Counters("ds", max_bad_fraction=0.5, min_bad=5)
-    decoded = [dict(s, mask=torch.ones(2), target=torch.zeros(2)) for s in decode(samples, side, counters,
-                                                                                  on_device=True)]
-    assert counters.skipped == 1 and [s["facts"]["id"] for s in decoded] == ["id0", "id1", "id3", "id4"]
+    decoded = [dict(s, mask=torch.ones(2), target=torch.zeros(2), boxes=torch.tensor([[1.0, 2.0, 20.0, 30.0]]),
+                    box_labels=torch.tensor([1]), masks=torch.ones(1, side, side, dtype=torch.uint8),
+                    mask_known=torch.ones(1, dtype=torch.bool))
+               for s in decode(samples, side, counters, on_device=True)]
     batch, = batched(decoded, 4, counters, partial=False)
-    assert [j is not None for j in batch["jpeg"]] == [True, False, True, True]
+    return batch, parts, counters
+
+
+def test_a_mixed_batch_png_rows_by_the_loader_bad_rows_counted_or_blanked(caplog):
+    """Four samples: a JPEG (left to the device), a PNG (the loader's), a truncated JPEG (the
+    loader's: counted bad, dropped) and a JPEG whose header reads but which no decoder takes (the
+    device's: blanked, masked out, named)."""
+    batch, parts, counters = _mixed_batch(side := 48)
+    assert counters.skipped == 1 and batch["ids"] == ["id0", "id1", "id3", "id4"]
+    assert (batch["jpeg_end"] > batch["jpeg_start"]).tolist() == [True, False, True, True]
+    assert batch["jpeg"].shape == (sum(len(parts[i]["jpg"]) for i in (0, 3, 4)),), "one flat buffer"
     assert batch["image"].shape == (4, 1, side, side)
 
     with caplog.at_level(logging.WARNING, logger="ark_dist.data.device_decode"):
         out = canvases(batch, CPU)
     assert batch["valid"].tolist() == [True, True, False, True]
     assert batch["mask"][2].sum() == 0 and batch["mask"][[0, 1, 3]].all()
+    assert [len(b) for b in batch["boxes"]] == [len(b) for b in batch["box_labels"]] == [1, 1, 0, 1]
+    assert batch["mask_known"][:, 0].tolist() == [True, True, False, True]
     assert out[2].max() == 0
     assert "id3" in caplog.text and "undecodable" in caplog.text
     for row, data in ((0, parts[0]["jpg"]), (1, parts[1]["png"]), (3, parts[4]["jpg"])):
         expected, _ = decode_image(data, side)
         assert (out[row, 0].int() - torch.from_numpy(expected.copy()).int()).abs().max() <= 1, row
+
+
+@pytest.mark.parametrize("parts", [2, 4])
+def test_micro_batches_decode_as_the_whole_batch_even_with_no_jpeg_left(parts):
+    """Gradient accumulation splits a batch by rows: each micro-batch keeps its rows' slices of
+    the one JPEG buffer, and a micro-batch of loader-decoded rows only (the PNG, with 4 parts)
+    needs no decoder at all."""
+    from ark_dist.train.step import micro_batches
+
+    batch, _, _ = _mixed_batch(48)
+    whole = canvases({**batch, "mask": batch["mask"].clone(), "valid": batch["valid"].clone()}, CPU)
+    pieces = micro_batches(batch, parts)
+    assert [int((p["jpeg_end"] > p["jpeg_start"]).sum()) for p in pieces] == ([1, 2] if parts == 2 else [1, 0, 1, 1])
+    assert torch.equal(torch.cat([canvases(p, CPU) for p in pieces]), whole)
 
 
 def test_decode_is_validated_naming_the_key():

@@ -144,11 +144,16 @@ def test_nvjpeg_canvases_match_the_loaders(signal_store):
         assert diff.float().mean() < 0.5 and diff.max() <= 4, (diff.float().mean(), diff.max())
 
 
-def test_bench_memory_finds_a_batch_that_runs(capsys):
+def test_bench_memory_finds_a_batch_that_runs(tmp_path):
+    import json
+
     from ark_dist.train.bench_memory import main
 
-    assert main(["--tiny", "--probes", "2,4,8", "--zero", "0,2", "--fill", "0.05"]) == 0
-    out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("0 ", "2 "))]
-    assert len(rows) == 4, out
-    assert all(row[6] not in ("None", "0") for row in rows), out  # a largest batch ran in every configuration
+    figures = tmp_path / "memory.json"
+    assert main(["--tiny", "--probes", "2,4,8", "--zero", "0,2", "--fill", "0.05", "--json", str(figures),
+                 "--storage", str(tmp_path / "runs")]) == 0
+    rows = json.loads(figures.read_text())["rows"]
+    assert [(r["zero"], r["checkpointing"]) for r in rows] == [(0, False), (0, True), (2, False), (2, True)]
+    for row in rows:  # a largest batch ran in every configuration, and checkpointing costs less per image
+        assert "error" not in row and row["largest"] and row["largest"] >= 0.5 * row["predicted"], row
+    assert rows[1]["per_image_mib"] < rows[0]["per_image_mib"], rows

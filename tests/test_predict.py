@@ -77,6 +77,7 @@ def test_a_stored_sample_written_to_a_file_scores_what_the_evaluation_path_score
     assert all(abs(sum(p["rsna_pneumonia"].values()) - 1) < 1e-5 for p in got)  # a multi-class head: softmax
     features = model.embed(files[:2])
     assert features.shape == (2, teacher.backbone.num_features)
+    assert model.detect(files[:2]) == model.segment(files[:2]) == [{}, {}]  # an Ark release has no box or mask heads
 
 
 def _radiograph(seed: int = 0, side: int = 80) -> np.ndarray:

@@ -14,10 +14,15 @@ where the stored image is at least twice the canvas in both sides: there the loa
 reduced DCT scale first (libjpeg's draft mode) and the device decodes in full, and they differ by
 under one level on average, a few at most (tests/test_device_decode.py bounds both).
 
+A batch carries its JPEGs as one flat uint8 tensor (`jpeg`) with each row's `jpeg_start` and
+`jpeg_end` in it (equal for a row the loader decoded): one shared-memory block between the loader
+process and the rank, and one pinned buffer, rather than one per image.
+
 A JPEG whose header is sound but whose data the device's decoder refuses is decoded on the CPU
-instead (PIL); if that fails too, its row is blank and takes no part in the loss or the metrics
-(label mask zeroed, `valid` False) and a warning names it: the batch keeps its shape, so every rank
-still runs the same step.
+instead (PIL); if that fails too, its row is blank, with no labels, boxes or masks (label mask
+zeroed, `valid` False: the steps leave it out of the task losses and evaluation of the metrics;
+the consistency term still sees the blank), and a warning names it. The batch keeps its shape, so
+every rank still runs the same step.
 """
 
 from __future__ import annotations
@@ -52,6 +57,15 @@ def encoded(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def pack(jpegs: list[torch.Tensor | None]) -> dict:
+    """A batch's JPEGs (None for a row the loader decoded) as one flat buffer and each row's
+    [start, end) in it: {"jpeg": (N,) uint8, "jpeg_start": (B,) int64, "jpeg_end": (B,) int64}."""
+    sizes = torch.tensor([0 if j is None else len(j) for j in jpegs], dtype=torch.int64)
+    end = sizes.cumsum(0)
+    flat = torch.cat([j for j in jpegs if j is not None]) if int(end[-1]) else torch.zeros(0, dtype=torch.uint8)
+    return {"jpeg": flat, "jpeg_start": end - sizes, "jpeg_end": end}
+
+
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -75,11 +89,13 @@ def _decoded(data: list[torch.Tensor], ids: list[str], device: torch.device) -> 
         except RuntimeError as exc:
             why = exc
         try:
-            pixels = Image.open(io.BytesIO(one.numpy().tobytes())).convert("L")
+            img = Image.open(io.BytesIO(one.numpy().tobytes()))
+            img.draft("L", img.size)  # libjpeg's own grey (the Y channel), as nvJPEG's GRAY and the loader
+            pixels = img.convert("L")
             out.append(encoded(pixels.tobytes()).view(1, pixels.height, pixels.width).to(device))
         except Exception as exc:  # noqa: BLE001 - any decoder error: the row is blanked, named in the warning
             log.warning("data.decode=device: %s is undecodable (%s; PIL: %s): its row is blank and masked out",
-                        name, str(why).splitlines()[0], exc)
+                        name, (str(why).splitlines() or [type(why).__name__])[0], exc)
             out.append(None)
     return out
 
@@ -96,26 +112,42 @@ def resize_canvas(images: torch.Tensor, side: int) -> torch.Tensor:
 def canvases(batch: dict, device: torch.device) -> torch.Tensor:
     """The batch's (B, 1, L, L) uint8 canvases on `device`. A loader batch with `jpeg` (rows left
     encoded, `data.decode: device`) has them decoded and resized here; rows nothing can decode are
-    blank, and their labels and `valid` are masked out in `batch` (so call this before moving
-    those to the device)."""
-    jpeg = batch.get("jpeg")
-    if jpeg is None:
+    blank, and their labels, boxes, masks and `valid` are cleared in `batch` (so call this before
+    moving those to the device)."""
+    if "jpeg" not in batch:
         return batch["image"].to(device, non_blocking=True)
-    rows = [i for i, data in enumerate(jpeg) if data is not None]
+    start, end = batch["jpeg_start"].tolist(), batch["jpeg_end"].tolist()
+    rows = [i for i in range(len(start)) if end[i] > start[i]]
+    if not rows:  # a micro-batch of loader-decoded rows only
+        return batch["image"].to(device, non_blocking=True)
     side = batch["canvas"]
-    if "image" in batch:  # some rows were decoded by the loader (PNGs, unusual JPEGs)
-        out = batch["image"].to(device, non_blocking=True).clone()
+    if "image" in batch:  # some rows were decoded by the loader (PNGs, unusual JPEGs): one copy, no temporary
+        out = batch["image"].to(device, non_blocking=True, copy=True)
     else:
-        out = torch.zeros(len(jpeg), 1, side, side, dtype=torch.uint8, device=device)
-    decoded = _decoded([jpeg[i] for i in rows], [batch["ids"][i] for i in rows], device)
+        out = torch.zeros(len(start), 1, side, side, dtype=torch.uint8, device=device)
+    if device.type == "cuda":  # torchvision's nvJPEG path decodes on its own stream: let it see `out` settled
+        torch.cuda.current_stream(device).synchronize()
+    decoded = _decoded([batch["jpeg"][start[i]:end[i]] for i in rows], [batch["ids"][i] for i in rows], device)
+    if device.type == "cuda":  # ... and the decoded images finished before this stream reads them
+        torch.cuda.synchronize(device)
     by_size: dict[tuple[int, int], list[int]] = {}
     for k, image in enumerate(decoded):
         if image is None:
+            _blank(batch, rows[k])
             out[rows[k]] = 0
-            batch["mask"][rows[k]] = 0
-            batch["valid"][rows[k]] = False
         else:
             by_size.setdefault(tuple(image.shape[-2:]), []).append(k)
     for ks in by_size.values():  # one resize per stored size (a dataset's images often share one)
         out[[rows[k] for k in ks]] = resize_canvas(torch.stack([decoded[k] for k in ks]), side)
     return out
+
+
+def _blank(batch: dict, row: int) -> None:
+    """Row `row` carries nothing to learn or score: no labels, no boxes, no known masks."""
+    batch["mask"][row] = 0
+    batch["valid"][row] = False
+    if "boxes" in batch:
+        batch["boxes"][row] = batch["boxes"][row][:0]
+        batch["box_labels"][row] = batch["box_labels"][row][:0]
+    if "mask_known" in batch:
+        batch["mask_known"][row] = False

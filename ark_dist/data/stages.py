@@ -29,7 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ark_dist.data.dense import DenseSpec, dense_targets
-from ark_dist.data.device_decode import encoded, jpeg_size
+from ark_dist.data.device_decode import encoded, jpeg_size, pack
 from ark_dist.data.errors import DataError
 from ark_dist.data.labels import LabelPolicy
 from ark_dist.data.remote import BadShard, Store
@@ -360,7 +360,7 @@ def collate(chunk: list[dict], counters: Counters) -> dict:
     batch = {k: torch.stack([s[k] for s in chunk]) for k in TENSORS if k in chunk[0]}  # `image` below
     decoded = [s for s in chunk if "image" in s]
     if len(decoded) < len(chunk):  # data.decode: device; the rows left encoded are zeros in `image`, if any
-        batch.update(jpeg=[s.get("jpeg") for s in chunk], canvas=next(s["canvas"] for s in chunk if "jpeg" in s))
+        batch.update(pack([s.get("jpeg") for s in chunk]), canvas=next(s["canvas"] for s in chunk if "jpeg" in s))
     if decoded:
         blank = torch.zeros_like(decoded[0]["image"])
         batch["image"] = torch.stack([s.get("image", blank) for s in chunk])

@@ -3,10 +3,12 @@
 For each ZeRO stage (`--zero`) with and without activation checkpointing (`model.grad_checkpointing`),
 one Ray Train rank builds the trainer's DeepSpeed engine and runs the full Ark step (student
 forward and backward, teacher forward, optimizer step, EMA) at a few micro-batches (`--probes`),
-reading the peak of allocated GPU memory at each. The peak is linear in the batch (a fixed part:
+reading the peaks of allocated and reserved GPU memory at each, each on a fresh engine (an OOM
+can leave an engine's ZeRO bookkeeping half done). The peak is linear in the batch (a fixed part:
 weights, gradients, optimizer state, workspaces; and a part per image: activations), so a
-least-squares line through the probes predicts the largest batch within `--fill` of the GPU's
-memory; one step at that batch checks it (stepping down 10% while it runs out of memory).
+least-squares line through the reserved peaks (what the allocator really holds) predicts the
+largest batch within `--fill` of the GPU's memory; one step at that batch checks it (stepping
+down 10% while it runs out of memory). A configuration that fails otherwise is its row's error.
 
 On one GPU ZeRO-2 has no other rank to shard optimizer state and gradients over; the fixed part
 it would free on N ranks is (1 - 1/N) of those, which the table's `state MiB` column gives.
@@ -69,17 +71,19 @@ def _args(argv):
 
 
 def _state_bytes(engine) -> int:
-    """Bytes of the optimizer's state and its fp32 master copies (DeepSpeed's bf16 and ZeRO
+    """Bytes of the optimizer's state and its fp32 master copies (DeepSpeed's bf16/fp16 and ZeRO
     wrappers name them differently): what ZeRO-1/2 shard over the ranks."""
     optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
     tensors = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    for name in ("fp32_groups_flat_partition", "single_partition_of_fp32_groups"):
-        tensors += [t for t in getattr(engine.optimizer, name, None) or [] if torch.is_tensor(t)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    for name in ("fp32_groups_flat_partition", "single_partition_of_fp32_groups", "fp32_groups_flat", "fp32_groups"):
+        for item in getattr(engine.optimizer, name, None) or []:
+            tensors += [t for t in (item if isinstance(item, (list, tuple)) else [item]) if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def _memory_worker(spec: dict) -> None:
-    """One Ray Train rank: a row per (ZeRO stage, checkpointing)."""
+    """One Ray Train rank: a row per (ZeRO stage, checkpointing); a row that fails records why
+    and the others still run."""
     import deepspeed
 
     from ark_dist.train.bench import report_rates
@@ -93,16 +97,19 @@ def _memory_worker(spec: dict) -> None:
         for checkpointing in (False, True):
             cfg = replace(base, engine=replace(base.engine, zero_stage=zero),
                           model=replace(base.model, grad_checkpointing=checkpointing))
-            rows.append({"zero": zero, "checkpointing": checkpointing,
-                         **_measure(cfg, probes=spec["probes"], device=device, capacity=capacity)})
-            gc.collect()
-            torch.cuda.empty_cache()
+            row = {"zero": zero, "checkpointing": checkpointing}
+            try:
+                row.update(_measure(cfg, probes=spec["probes"], device=device, capacity=capacity))
+            except Exception as exc:  # noqa: BLE001 - one configuration's failure is its row, not the run's
+                row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            rows.append(row)
     report_rates({"capacity_mib": capacity / MIB, "gpu": torch.cuda.get_device_name(device), "rows": rows})
 
 
-def _measure(cfg: Config, *, probes: list[int], device: torch.device, capacity: float) -> dict:
-    """The trainer's engine for `cfg`: peaks at the probes, the predicted largest batch, and the
-    largest that ran."""
+def _peak(cfg: Config, batch_size: int, *, device: torch.device) -> dict | None:
+    """{"allocated", "reserved": peak bytes over two full Ark steps at this batch, "state": the
+    optimizer's bytes} on a fresh engine (an OOM can leave an engine's ZeRO bookkeeping half
+    done), or None if it ran out."""
     from ark_dist.method import make_teacher
     from ark_dist.model import ArkModel
     from ark_dist.train import engine as engines
@@ -112,41 +119,49 @@ def _measure(cfg: Config, *, probes: list[int], device: torch.device, capacity: 
     torch.manual_seed(0)
     model = ArkModel(cfg.model, heads=HEADS)
     teacher = make_teacher(model).to(device)
-    engine = engines.build(model.to(device), cfg, micro_batch=probes[0], total_steps=10**6, warmup_steps=0)
-    dtype = precision_dtype(cfg.engine.precision)
-
-    def peak(batch_size: int) -> float | None:
-        """Peak allocated bytes over two steps at this batch; None if it ran out."""
-        batch = synthetic_batch(batch_size, cfg.data.views)
+    engine = engines.build(model.to(device), cfg, micro_batch=batch_size, total_steps=10**6, warmup_steps=0)
+    batch = synthetic_batch(batch_size, cfg.data.views)
+    out_of_memory = False
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        for _ in range(2):
+            loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
+                               size=cfg.data.views.image_size, dtype=precision_dtype(cfg.engine.precision),
+                               device=device)
+            engine.backward(loss)
+            engine.step()
+            engines.update_teacher(engine, teacher, 0.999)
+            del loss
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            for _ in range(2):
-                loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
-                                   size=cfg.data.views.image_size, dtype=dtype, device=device)
-                engine.backward(loss)
-                engine.step()
-                engines.update_teacher(engine, teacher, 0.999)
-            torch.cuda.synchronize(device)
-            return float(torch.cuda.max_memory_allocated(device))
-        except torch.OutOfMemoryError:
-            engine.zero_grad()
-            gc.collect()
-            torch.cuda.empty_cache()
-            return None
+    except torch.OutOfMemoryError:
+        out_of_memory = True  # handled below, once the traceback no longer holds the activations
+    peak = {"allocated": float(torch.cuda.max_memory_allocated(device)),
+            "reserved": float(torch.cuda.max_memory_reserved(device)), "state": float(_state_bytes(engine))}
+    engine.destroy()
+    del engine, model, teacher, batch
+    gc.collect()
+    torch.cuda.empty_cache()
+    return None if out_of_memory else peak
 
-    points = {b: peak(b) for b in probes}
-    fitted = {b: v for b, v in points.items() if v is not None}
-    row = {"peaks_mib": {b: v and v / MIB for b, v in points.items()}, "state_mib": _state_bytes(engine) / MIB}
-    if len(fitted) < 2:
+
+def _measure(cfg: Config, *, probes: list[int], device: torch.device, capacity: float) -> dict:
+    """Peaks at the probes, the batch a line through the reserved peaks predicts within
+    `capacity`, and the largest that ran (the prediction, then 10% less after each OOM)."""
+    points = {b: _peak(cfg, b, device=device) for b in probes}
+    reserved = {b: p["reserved"] for b, p in points.items() if p is not None}
+    row = {"peaks_mib": {b: p and p["allocated"] / MIB for b, p in points.items()},
+           "reserved_mib": {b: p and p["reserved"] / MIB for b, p in points.items()},
+           "state_mib": max((p["state"] for p in points.values() if p), default=0.0) / MIB}
+    if len(reserved) < 2:
         return row
-    fixed, per_image = fit_line(fitted)
-    batch = predicted = predicted_batch(fitted, capacity)
+    fixed, per_image = fit_line(reserved)
+    batch = predicted = predicted_batch(reserved, capacity)
     largest = None
-    for _ in range(4):  # the prediction, then 10% less each time it runs out
+    for _ in range(4):
         if batch < 1:
             break
-        if peak(batch) is not None:
+        if _peak(cfg, batch, device=device) is not None:
             largest = batch
             break
         batch = int(batch * 0.9)
@@ -171,9 +186,13 @@ def main(argv: list[str]) -> int:
     print(f"bench memory: {args.backbone} {json.loads(args.backbone_kwargs) or ''} {args.image_size}px, "
           f"{args.precision}, one rank on {figures['gpu']} ({figures['capacity_mib'] / 1024:.1f} GiB at --fill "
           f"{args.fill})")
+    print("fixed and per-image MiB: the line through the reserved peaks; peaks: allocated MiB at each probe")
     print(f"{'ZeRO':>4} {'checkpointing':>13} {'fixed MiB':>10} {'MiB/image':>10} {'state MiB':>10} "
           f"{'predicted':>9} {'largest':>8}  peaks at {args.probes}")
     for r in figures["rows"]:
+        if "error" in r:
+            print(f"{r['zero']:>4} {str(r['checkpointing']):>13}  failed: {r['error']}")
+            continue
         peaks = " ".join("OOM" if v is None else f"{v:.0f}" for v in r["peaks_mib"].values())
         if "fixed_mib" in r:
             print(f"{r['zero']:>4} {str(r['checkpointing']):>13} {r['fixed_mib']:>10.0f} {r['per_image_mib']:>10.1f} "

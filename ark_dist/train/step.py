@@ -35,7 +35,8 @@ def ark_loss(student, teacher: torch.nn.Module, batch: dict, *, heads: list[tupl
     return (1 - c) * task + c * consistency_loss(out.projection, target_proj), task
 
 
-SAMPLE_KEYS = ("image", "jpeg", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset", "valid", "ids")
+SAMPLE_KEYS = ("image", "jpeg_start", "jpeg_end", "target", "mask", "theta_student", "theta_teacher", "photo", "dataset",
+               "valid", "ids")  # per-row keys; `jpeg` is one flat buffer the rows' starts and ends index
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:
