@@ -122,25 +122,11 @@ def _intake_rates(config: DataConfig, entry: dict, args) -> dict:
     count = args.batches * args.batch
     out = {mode: {} for mode in args.decode}
     for w in args.workers:
-        runs, cpu = {}, {mode: [] for mode in args.decode}
-        for mode in args.decode:
-            def run(mode=mode):
-                fresh = replace(config, num_workers=w, decode=mode)
-                stream = TrainStream(entry=entry, config=fresh, seed=0, cursor=Cursor(), rank=0,
-                                     batch_size=args.batch, num_batches=args.batches)
-                before = _cpu_seconds()
-                for batch in make_loader(stream, fresh):
-                    images = canvases(batch, device)
-                    render(images, theta=batch["theta_student"].to(device), size=args.image_size,
-                           photo=batch["photo"].to(device))
-                    render(images, theta=batch["theta_teacher"].to(device), size=args.image_size)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                cpu[mode].append((_cpu_seconds() - before) / count)
-
-            runs[mode] = run
+        cpu = {mode: [] for mode in args.decode}
+        runs = {mode: _loader_run(replace(config, decode=mode), entry, args, w, with_views=True, device=device,
+                                  cpu_seconds=cpu[mode]) for mode in args.decode}
         for mode, rate in _median_rates(runs, count, args.repeats).items():
-            out[mode][w] = {"img_per_s": rate, "cpu_s_per_img": statistics.median(cpu[mode])}
+            out[mode][w] = {"img_per_s": rate, "cpu_s_per_img": statistics.median(cpu[mode]) / count}
     return out
 
 
@@ -150,8 +136,11 @@ def _loader_rate(config, entry, args, workers: int, *, with_views: bool) -> floa
                         args.repeats)
 
 
-def _loader_run(config, entry, args, workers: int, *, with_views: bool):
-    """One timed pass of the train stream: `args.batches` batches of `args.batch`."""
+def _loader_run(config, entry, args, workers: int, *, with_views: bool, device: torch.device = torch.device("cpu"),
+                cpu_seconds: list[float] | None = None):
+    """One timed pass of the train stream: `args.batches` batches of `args.batch`; `with_views`:
+    each batch's canvases (decoded there under `data.decode: device`) and both views rendered on
+    `device`. `cpu_seconds` gets each pass's CPU time, loader processes included."""
     size = args.image_size
 
     def run():
@@ -159,10 +148,16 @@ def _loader_run(config, entry, args, workers: int, *, with_views: bool):
         # A fixed number of batches (a real round's count comes from the manifest).
         stream = TrainStream(entry=entry, config=fresh, seed=0, cursor=Cursor(), rank=0, batch_size=args.batch,
                              num_batches=args.batches)
+        before = _cpu_seconds()
         for batch in make_loader(stream, fresh):
             if with_views:
-                render(batch["image"], theta=batch["theta_student"], size=size, photo=batch["photo"])
-                render(batch["image"], theta=batch["theta_teacher"], size=size)
+                images = canvases(batch, device)
+                render(images, theta=batch["theta_student"].to(device), size=size, photo=batch["photo"].to(device))
+                render(images, theta=batch["theta_teacher"].to(device), size=size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if cpu_seconds is not None:
+            cpu_seconds.append(_cpu_seconds() - before)
 
     return run
 
