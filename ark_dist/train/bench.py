@@ -168,6 +168,31 @@ def plain_loop(cfg: Config, args) -> list[float]:
                          images_per_step=args.batch)
 
 
+def trainer_step(cfg: Config, *, micro: int, device: torch.device, seed: int = 0):
+    """(engine, step): the trainer's DeepSpeed engine over a fresh student with the six heads, and
+    one full Ark step on a synthetic batch of `micro` (loss, backward, optimizer step, the EMA from
+    the fp32 master weights), compiled as `engine.compile` says."""
+    from ark_dist.train import engine as engines
+
+    torch.manual_seed(0)
+    model = ArkModel(cfg.model, heads=HEADS)
+    teacher = make_teacher(model).to(device)
+    engine = engines.build(model.to(device), cfg, micro_batch=micro, total_steps=10**6, warmup_steps=0)
+    if cfg.engine.compile:
+        engines.compile_models(engine, teacher)
+    batch = synthetic_batch(micro, cfg.data.views, seed=seed)
+    dtype = precision_dtype(cfg.engine.precision)
+
+    def step():
+        loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
+                           size=cfg.data.views.image_size, dtype=dtype, device=device)
+        engine.backward(loss)
+        engine.step()
+        engines.update_teacher(engine, teacher, 0.999)
+
+    return engine, step
+
+
 def _ark_dist_worker(spec: dict) -> None:
     """One Ray Train rank: the trainer's engine, loss and EMA on a synthetic batch."""
     import deepspeed
@@ -178,25 +203,11 @@ def _ark_dist_worker(spec: dict) -> None:
     cfg = from_dict(Config, spec["config"])
     engines.cpu_threads(cfg)
     deepspeed.init_distributed(dist_backend="nccl" if cfg.engine.use_gpu else "gloo")
-    world = ray.train.get_context().get_world_size()
+    ctx = ray.train.get_context()
+    world = ctx.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.engine.use_gpu else torch.device("cpu")
-    torch.manual_seed(0)
-    model = ArkModel(cfg.model, heads=HEADS)
-    teacher = make_teacher(model).to(device)
     micro = cfg.train.global_batch // world
-    engine = engines.build(model.to(device), cfg, micro_batch=micro, total_steps=10**6, warmup_steps=0)
-    if cfg.engine.compile:
-        engines.compile_models(engine, teacher)
-    batch = synthetic_batch(micro, cfg.data.views, seed=ray.train.get_context().get_world_rank())
-    dtype = precision_dtype(cfg.engine.precision)
-
-    def step():
-        loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
-                           size=cfg.data.views.image_size, dtype=dtype, device=device)
-        engine.backward(loss)
-        engine.step()
-        engines.update_teacher(engine, teacher, 0.999)  # the trainer's EMA: from the fp32 master weights
-
+    _, step = trainer_step(cfg, micro=micro, device=device, seed=ctx.get_world_rank())
     report_rates(timed_windows(step, device=device, warmup=spec["warmup"], steps=spec["steps"],
                                repeats=spec["repeats"], images_per_step=micro * world))
 

@@ -110,36 +110,22 @@ def _peak(cfg: Config, batch_size: int, *, device: torch.device) -> dict | None:
     """{"allocated", "reserved": peak bytes over two full Ark steps at this batch, "state": the
     optimizer's bytes} on a fresh engine (an OOM can leave an engine's ZeRO bookkeeping half
     done), or None if it ran out."""
-    from ark_dist.method import make_teacher
-    from ark_dist.model import ArkModel
-    from ark_dist.train import engine as engines
-    from ark_dist.train.bench import HEADS, precision_dtype, synthetic_batch
-    from ark_dist.train.step import ark_loss
+    from ark_dist.train.bench import trainer_step
 
-    torch.manual_seed(0)
-    model = ArkModel(cfg.model, heads=HEADS)
-    teacher = make_teacher(model).to(device)
-    engine = engines.build(model.to(device), cfg, micro_batch=batch_size, total_steps=10**6, warmup_steps=0)
-    batch = synthetic_batch(batch_size, cfg.data.views)
+    engine, step = trainer_step(cfg, micro=batch_size, device=device)
     out_of_memory = False
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        for _ in range(2):
-            loss, _ = ark_loss(engine, teacher, batch, heads=[("chexpert", "multilabel")], c=0.5,
-                               size=cfg.data.views.image_size, dtype=precision_dtype(cfg.engine.precision),
-                               device=device)
-            engine.backward(loss)
-            engine.step()
-            engines.update_teacher(engine, teacher, 0.999)
-            del loss
+        step()
+        step()
         torch.cuda.synchronize(device)
     except torch.OutOfMemoryError:
         out_of_memory = True  # handled below, once the traceback no longer holds the activations
     peak = {"allocated": float(torch.cuda.max_memory_allocated(device)),
             "reserved": float(torch.cuda.max_memory_reserved(device)), "state": float(_state_bytes(engine))}
     engine.destroy()
-    del engine, model, teacher, batch
+    del engine, step  # the step's closure holds the teacher and the batch
     gc.collect()
     torch.cuda.empty_cache()
     return None if out_of_memory else peak
